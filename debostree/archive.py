@@ -1,0 +1,326 @@
+"""Archive access: Release files, their signatures, and Packages indices.
+
+For each suite of an archive this module fetches ``InRelease`` (or ``Release``
+plus ``Release.gpg``), verifies it with ``gpgv`` against the archive keyring
+and keeps only the signed text, refuses an expired ``Valid-Until``, then
+downloads the Packages indices the Release lists, checks them against the
+Release's SHA256 and size, and caches them (decompressed) under the cache
+directory so a later run downloads only what changed.  Nothing here trusts a
+file that has not been checked.
+"""
+
+import bz2
+import gzip
+import hashlib
+import lzma
+import os
+import shutil
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+
+from debian import deb822
+
+from . import proc
+from .errors import UserError
+
+USER_AGENT = "debostree"
+TIMEOUT = 60
+DECOMPRESSORS = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open, "": open}
+
+
+@dataclass(frozen=True)
+class Index:
+    """One verified, decompressed Packages index in the cache."""
+    archive: str
+    suite: str
+    component: str
+    arch: str
+    path: str          # decompressed Packages file
+    release_path: str  # verified Release text of its suite
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def open_url(url):
+    """Open ``url`` for reading; raise UserError for HTTP and network errors."""
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    try:
+        return urllib.request.urlopen(request, timeout=TIMEOUT)
+    except urllib.error.HTTPError as error:
+        raise UserError(f"{url}: HTTP {error.code} {error.reason}")
+    except urllib.error.URLError as error:
+        reason = getattr(error.reason, "strerror", None) or error.reason
+        raise UserError(f"{url}: {reason}")
+    except OSError as error:
+        raise UserError(f"{url}: {error}")
+
+
+def download(url, dest, *, expect_size=None, expect_sha256=None, what=None):
+    """Download ``url`` to ``dest`` atomically, checking size and SHA256.
+
+    The data goes to a temporary file beside ``dest`` and is renamed into
+    place only once it is complete and verified, so a partial or bad download
+    never looks complete.  Returns the SHA256 hex digest.
+    """
+    os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest) or ".",
+                               prefix=".part-" + os.path.basename(dest)[:40])
+    try:
+        with os.fdopen(fd, "wb") as out, open_url(url) as response:
+            while True:
+                chunk = response.read(1 << 20)
+                if not chunk:
+                    break
+                out.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+        actual = digest.hexdigest()
+        if (expect_size is not None and size != expect_size) or \
+                (expect_sha256 is not None and actual != expect_sha256):
+            raise UserError(
+                f"{what or url}: downloaded file does not match: expected "
+                f"SHA256 {expect_sha256} ({expect_size} bytes), got {actual} "
+                f"({size} bytes) from {url}",
+                hint="the file was not kept; if the mirror is being updated, "
+                "retry later")
+        os.rename(tmp, dest)
+        tmp = None
+        return actual
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def fetch_bytes(url):
+    with open_url(url) as response:
+        return response.read()
+
+
+def verify_signature(signed_path, keyring, output_path, detached_sig=None):
+    """Check an OpenPGP signature with gpgv; write the signed data to output.
+
+    Raises UserError for an unsigned, badly signed or wrongly keyed file.
+    """
+    if not os.path.isfile(keyring):
+        raise UserError(f"keyring not found: {keyring}",
+                        hint="install debian-archive-keyring or set the "
+                        "archive's 'keyring' in the recipe")
+    argv = ["gpgv", "--status-fd", "1", "--keyring", keyring]
+    if detached_sig:
+        argv += [detached_sig, signed_path]
+    else:
+        argv += ["--output", output_path, signed_path]
+    result = proc.run(argv, capture=True, check=False,
+                      env={**os.environ, "LC_ALL": "C"})
+    status = result.stdout.splitlines()
+    tokens = {line.split()[1] for line in status
+              if line.startswith("[GNUPG:] ") and len(line.split()) > 1}
+    if result.returncode != 0 or "VALIDSIG" not in tokens or \
+            tokens & {"BADSIG", "EXPKEYSIG", "REVKEYSIG", "ERRSIG", "NODATA"}:
+        why = "no valid signature"
+        if "BADSIG" in tokens:
+            why = "bad signature"
+        elif "NODATA" in tokens or "NO_PUBKEY" not in tokens and \
+                "ERRSIG" not in tokens and "VALIDSIG" not in tokens:
+            why = "not signed"
+        elif "NO_PUBKEY" in tokens or "ERRSIG" in tokens:
+            why = "signed by a key that is not in the keyring"
+        elif "EXPKEYSIG" in tokens:
+            why = "signed by an expired key"
+        elif "REVKEYSIG" in tokens:
+            why = "signed by a revoked key"
+        detail = (result.stderr or "").strip().splitlines()
+        raise UserError(f"{why} (keyring {keyring})"
+                        + (f": {detail[-1]}" if detail else ""))
+    if detached_sig:
+        shutil.copyfile(signed_path, output_path)
+
+
+def parse_release(path):
+    with open(path, encoding="utf-8") as f:
+        return deb822.Release(f)
+
+
+def check_valid_until(release, what, now=None):
+    now = now or datetime.now(timezone.utc)
+    valid_until = release.get("Valid-Until")
+    if not valid_until:
+        return
+    try:
+        limit = parsedate_to_datetime(valid_until)
+    except (TypeError, ValueError):
+        raise UserError(f"{what}: unreadable Valid-Until '{valid_until}'")
+    if limit.tzinfo is None:
+        limit = limit.replace(tzinfo=timezone.utc)
+    if limit < now:
+        raise UserError(f"{what}: the Release file expired on {valid_until}",
+                        hint="the archive or mirror is stale or replayed; use "
+                        "an up-to-date mirror")
+
+
+class ArchiveCache:
+    """Verified Release files and Packages indices of archives, cached on disk."""
+
+    def __init__(self, cache_dir, mirrors, now=None):
+        self.cache_dir = cache_dir
+        self.mirrors = mirrors
+        self.now = now
+        self._releases = {}
+
+    def _suite_dir(self, archive, suite):
+        return os.path.join(self.cache_dir, archive.name,
+                            "dists", suite.replace("/", "_"))
+
+    def release(self, archive, suite):
+        """Fetch and verify the Release of ``suite``; return (path, Release)."""
+        key = (archive.name, suite)
+        if key in self._releases:
+            return self._releases[key]
+        base = self.mirrors.url(archive)
+        keyring = self.mirrors.keyring(archive)
+        suite_dir = self._suite_dir(archive, suite)
+        os.makedirs(suite_dir, exist_ok=True)
+        what = f"archive '{archive.name}' suite '{suite}'"
+        verified = os.path.join(suite_dir, "Release")
+        with tempfile.TemporaryDirectory(dir=suite_dir) as tmp:
+            inrelease = os.path.join(tmp, "InRelease")
+            try:
+                with open(inrelease, "wb") as f:
+                    f.write(fetch_bytes(f"{base}/dists/{suite}/InRelease"))
+                detached = None
+            except UserError as error:
+                if "HTTP 404" not in str(error) and "No such file" not in str(error):
+                    raise
+                # No InRelease: try the older Release + Release.gpg pair.
+                try:
+                    with open(inrelease, "wb") as f:
+                        f.write(fetch_bytes(f"{base}/dists/{suite}/Release"))
+                except UserError:
+                    raise UserError(
+                        f"{what}: no such suite at {base} (no InRelease or "
+                        "Release file)", hint="check the suite name in the "
+                        "recipe and the mirror URL")
+                detached = os.path.join(tmp, "Release.gpg")
+                try:
+                    with open(detached, "wb") as f:
+                        f.write(fetch_bytes(f"{base}/dists/{suite}/Release.gpg"))
+                except UserError:
+                    raise UserError(f"{what}: the Release file is not signed "
+                                    "(no InRelease, no Release.gpg)",
+                                    hint="an unsigned archive cannot be trusted")
+            try:
+                verify_signature(inrelease, keyring, os.path.join(tmp, "Release"),
+                                 detached)
+            except UserError as error:
+                raise UserError(f"{what}: Release file signature check failed: "
+                                f"{error.message}", hint=error.hint)
+            os.replace(os.path.join(tmp, "Release"), verified)
+        release = parse_release(verified)
+        check_valid_until(release, what, self.now)
+        self._releases[key] = (verified, release)
+        return self._releases[key]
+
+    def indices(self, archive, arch):
+        """All Packages indices of ``archive`` for ``arch``, verified and cached."""
+        result = []
+        for suite in archive.suites:
+            release_path, release = self.release(archive, suite)
+            files = {entry["name"]: entry for entry in release.get("SHA256", [])}
+            if not files:
+                raise UserError(f"archive '{archive.name}' suite '{suite}': the "
+                                "Release file lists no SHA256 checksums")
+            archs = [arch]
+            release_archs = release.get("Architectures", "").split()
+            # Like apt: a separate binary-all index is used only when the
+            # Release lists the "all" architecture and does not say that
+            # the per-architecture indices already carry those packages.
+            no_all = release.get("No-Support-for-Architecture-all", "")
+            if "all" in release_archs and "Packages" not in no_all.split():
+                archs.append("all")
+            if release_archs and arch not in release_archs:
+                raise UserError(
+                    f"archive '{archive.name}' suite '{suite}' has no "
+                    f"architecture '{arch}'",
+                    hint="it has " + ", ".join(release_archs))
+            release_components = [c.rsplit("/", 1)[-1] for c in
+                                  release.get("Components", "").split()]
+            for component in archive.components:
+                if release_components and component not in release_components \
+                        and component not in release.get("Components", "").split():
+                    raise UserError(
+                        f"archive '{archive.name}' suite '{suite}' has no "
+                        f"component '{component}'",
+                        hint="it has " + ", ".join(release_components))
+                for index_arch in archs:
+                    path = self._fetch_index(archive, suite, component,
+                                             index_arch, files, release)
+                    result.append(Index(archive.name, suite, component,
+                                        index_arch, path, release_path))
+        return result
+
+    def _fetch_index(self, archive, suite, component, arch, files, release):
+        stem = f"{component}/binary-{arch}/Packages"
+        what = f"archive '{archive.name}' suite '{suite}' {stem}"
+        listed = [(ext, files[stem + ext]) for ext in (".xz", ".gz", ".bz2", "")
+                  if stem + ext in files]
+        if not listed:
+            raise UserError(f"{what}: not listed in the Release file",
+                            hint="check the components and architecture")
+        out_dir = os.path.join(self._suite_dir(archive, suite), component,
+                               f"binary-{arch}")
+        out = os.path.join(out_dir, "Packages")
+        stamp = out + ".source-sha256"
+        wanted = {entry["sha256"] for _, entry in listed}
+        if os.path.exists(out) and os.path.exists(stamp):
+            with open(stamp) as f:
+                if f.read().strip() in wanted:
+                    return out
+        base = self.mirrors.url(archive)
+        by_hash = release.get("Acquire-By-Hash", "").lower() == "yes"
+        os.makedirs(out_dir, exist_ok=True)
+        # Try every compression the Release lists, by-hash first: a mirror
+        # caught mid-sync may serve one variant that no longer matches while
+        # another still does.  A file that matches no Release entry is never
+        # accepted.
+        errors = []
+        for ext, entry in listed:
+            sha256, size = entry["sha256"], int(entry["size"])
+            urls = [f"{base}/dists/{suite}/{stem}{ext}"]
+            if by_hash:
+                urls.insert(0, f"{base}/dists/{suite}/{component}/binary-{arch}"
+                            f"/by-hash/SHA256/{sha256}")
+            compressed = out + ".download" + ext
+            for url in urls:
+                log(f"  get {archive.name} {suite} {stem}{ext} "
+                    f"({size / 1e6:.1f} MB)")
+                try:
+                    download(url, compressed, expect_size=size,
+                             expect_sha256=sha256, what=what)
+                except UserError as error:
+                    errors.append(error)
+                    continue
+                try:
+                    tmp = out + ".tmp"
+                    with DECOMPRESSORS[ext](compressed, "rb") as src, \
+                            open(tmp, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+                    os.replace(tmp, out)
+                    with open(stamp, "w") as f:
+                        f.write(sha256 + "\n")
+                    return out
+                except (lzma.LZMAError, OSError, EOFError) as error:
+                    errors.append(UserError(f"{what}: cannot decompress: {error}"))
+                finally:
+                    if os.path.exists(compressed):
+                        os.unlink(compressed)
+        mismatch = [e for e in errors if "does not match" in e.message]
+        raise (mismatch or errors)[0]

@@ -1,0 +1,87 @@
+"""What ./configure does: validate all inputs, then write build.ninja.
+
+Nothing is written until every recipe and lockfile has been read and
+checked, so bad input leaves the previous build.ninja and build directory as
+they were.
+"""
+
+import os
+import sys
+
+from . import graph, lockfile, mirrors, ninja, recipe, update
+from .errors import UserError
+from .project import TOP, BuildConfig
+
+
+def load_locks(recipes, lockfile_dir):
+    """Read and check the lockfile of every recipe and architecture.
+
+    Returns ``{(recipe, arch): (path, entries or None when missing)}``.
+    """
+    by_name = {r.name: r for r in recipes}
+    locks = {}
+    for rec in recipes:
+        for arch in rec.architectures:
+            path = os.path.join(lockfile_dir, lockfile.lockfile_name(rec.name, arch))
+            if os.path.exists(path):
+                locks[(rec.name, arch)] = (path, lockfile.read(path))
+            else:
+                locks[(rec.name, arch)] = (path, None)
+    for rec in recipes:
+        for arch in rec.architectures:
+            path, entries = locks[(rec.name, arch)]
+            if entries is None:
+                continue
+            inherited = []
+            parent = rec.parent
+            seen = set()
+            while parent and parent not in seen:
+                seen.add(parent)
+                other = by_name[parent.split("/")[0]]
+                other_entries = locks.get((other.name, arch), (None, None))[1]
+                inherited += other_entries or []
+                parent = other.parent
+            update.check_consistency(rec, arch, entries, path, inherited)
+    return locks
+
+
+def configure(args, argv):
+    top = TOP
+    recipes_dir = os.path.abspath(args.recipes or os.path.join(top, "recipes"))
+    lockfile_dir = os.path.abspath(args.lockfiles or
+                                   os.path.join(top, "lockfiles"))
+    builddir = os.path.abspath(args.builddir)
+    recipes = recipe.load_recipes(recipes_dir)
+    if not recipes:
+        raise UserError("no recipes found", path=recipes_dir,
+                        hint="add a RECIPE.yaml file")
+    locks = load_locks(recipes, lockfile_dir)
+    mirror_config = mirrors.Mirrors(cli=args.mirror)
+    by_name = {r.name: r for r in recipes}
+    archives = {}
+    for rec in recipes:
+        for arc in update.effective_archives(rec, by_name):
+            archives.setdefault(arc.name, arc)
+    try:
+        mirror_map = mirror_config.as_dict(archives.values())
+    except UserError as error:
+        raise UserError(error.message, hint=error.hint)
+    pool = os.path.abspath(args.pool) if args.pool else os.path.join(builddir, "pool")
+    config = BuildConfig(top=top, builddir=builddir, pool=pool,
+                         recipes=recipes_dir, lockfiles=lockfile_dir,
+                         mirrors=mirror_map, python=sys.executable)
+    # ninja runs the regeneration in the directory of build.ninja, which is
+    # where configure runs, so the arguments keep their meaning there.
+    configure_args = list(argv)
+    builder = graph.GraphBuilder(config, recipes, locks, configure_args)
+    text = ninja.render(builder.build(), os.path.join(top, "build.ninja.in"))
+    os.makedirs(lockfile_dir, exist_ok=True)
+    config.save()
+    ninja.write_atomically(os.path.join(os.getcwd(), "build.ninja"), text)
+    missing = [p for p, e in locks.values() if e is None]
+    for path in missing:
+        print(f"configure: warning: {os.path.relpath(path)} is missing; run "
+              "'ninja update-lockfiles'", file=sys.stderr)
+    print(f"configure: {len(recipes)} recipes, "
+          f"{sum(len(e or []) for _, e in locks.values())} locked packages; "
+          "wrote build.ninja", file=sys.stderr)

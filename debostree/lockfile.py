@@ -1,0 +1,271 @@
+"""Lockfiles: reading, writing and comparing them.
+
+A lockfile (``lockfiles/RECIPE.ARCH.lock``) is a Debian Packages index in
+deb822 form: one stanza per package the recipe installs, sorted by package
+name, architecture and version, with the archive's own fields (Package,
+Version, Architecture, the relation fields, Filename relative to the
+archive's root, Size, SHA256, ...) and three of ours:
+
+``Lock-Archive``  the symbolic archive the package comes from;
+``Lock-Suite``    the suite it was found in (for the humans reading a diff);
+``Lock-Stage``    the recipe stage that installs it.
+
+apt reads it as it is (unknown fields are ignored), so a directory holding
+it as ``Packages`` beside the fetched files is a ``file:`` apt source.  The
+same inputs always give the same bytes; a lockfile is rewritten only when its
+content changes.
+"""
+
+import os
+import re
+from dataclasses import dataclass
+
+from debian import deb822
+
+from .errors import UserError
+
+# The archive fields a lockfile keeps, in this order (the order of Debian's
+# own Packages files); descriptions, maintainers and homepages are left out
+# to keep nightly diffs to what matters.
+ARCHIVE_FIELDS = (
+    "Package", "Source", "Version", "Installed-Size", "Architecture",
+    "Replaces", "Provides", "Depends", "Pre-Depends", "Recommends", "Suggests",
+    "Enhances", "Conflicts", "Breaks", "Multi-Arch", "Essential", "Protected",
+    "Important", "Priority", "Section", "Filename", "Size", "SHA256",
+)
+LOCK_FIELDS = ("Lock-Archive", "Lock-Suite", "Lock-Stage")
+REQUIRED_FIELDS = ("Package", "Version", "Architecture", "Filename", "Size",
+                   "SHA256") + LOCK_FIELDS
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+FILENAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~%/-]*\.u?deb$")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One locked package, as read from a lockfile."""
+    name: str
+    version: str
+    arch: str
+    archive: str
+    suite: str
+    stage: str
+    filename: str
+    size: int
+    sha256: str
+    fields: tuple      # ((field, value), ...) in file order
+    line: int = None
+
+    def get(self, field, default=None):
+        for key, value in self.fields:
+            if key == field:
+                return value
+        return default
+
+
+def lockfile_name(recipe_name, arch):
+    return f"{recipe_name}.{arch}.lock"
+
+
+def stanza_text(fields):
+    """Serialise ``(field, value)`` pairs as one deb822 stanza."""
+    lines = []
+    for field, value in fields:
+        value = str(value)
+        if "\n" in value.strip("\n"):
+            first, *rest = value.strip("\n").split("\n")
+            lines.append(f"{field}: {first}".rstrip())
+            lines.extend(" " + line.strip() if line.strip() else " ."
+                         for line in rest)
+        else:
+            lines.append(f"{field}: {value.strip()}")
+    return "\n".join(lines) + "\n"
+
+
+def render(packages):
+    """The lockfile text for resolved packages (``resolve.LockedPackage``)."""
+    stanzas = []
+    for pkg in packages:
+        fields = [(f, pkg.stanza[f]) for f in ARCHIVE_FIELDS if f in pkg.stanza]
+        fields += [("Lock-Archive", pkg.archive), ("Lock-Suite", pkg.suite),
+                   ("Lock-Stage", pkg.stage)]
+        stanzas.append(((pkg.name, pkg.arch, pkg.version, pkg.stage),
+                        stanza_text(fields)))
+    stanzas.sort(key=lambda item: item[0])
+    return "\n".join(text for _, text in stanzas)
+
+
+def parse(text, path="<lockfile>"):
+    """Parse lockfile text into a list of ``Entry``; validate every stanza."""
+    entries = []
+    line_no = 0
+    block = []
+    block_start = None
+    for raw in text.splitlines(keepends=True) + ["\n"]:
+        line_no += 1
+        if raw.strip() == "":
+            if block:
+                entries.append(_entry("".join(block), path, block_start))
+                block = []
+            continue
+        if block_start is None or not block:
+            block_start = line_no
+        block.append(raw)
+    seen = {}
+    for entry in entries:
+        key = (entry.name, entry.arch, entry.stage)
+        if key in seen:
+            raise UserError(f"package {entry.name}:{entry.arch} is locked twice "
+                            f"for stage '{entry.stage}'", path=path,
+                            line=entry.line,
+                            hint="run 'ninja update-lockfiles' to rewrite it")
+        seen[key] = entry
+    return entries
+
+
+def _entry(text, path, line):
+    try:
+        para = deb822.Deb822(text)
+    except Exception as error:  # python-debian raises several kinds
+        raise UserError(f"unreadable stanza: {error}", path=path, line=line)
+    for field in REQUIRED_FIELDS:
+        if not para.get(field):
+            raise UserError(f"stanza lacks the '{field}' field", path=path,
+                            line=line, key=para.get("Package"),
+                            hint="regenerate it with 'ninja update-lockfiles'")
+    sha256 = para["SHA256"].strip()
+    if not SHA256_RE.match(sha256):
+        raise UserError(f"invalid SHA256 '{sha256}'", path=path, line=line,
+                        key=f"{para['Package']}.SHA256")
+    try:
+        size = int(para["Size"])
+    except ValueError:
+        raise UserError(f"invalid Size '{para['Size']}'", path=path, line=line,
+                        key=f"{para['Package']}.Size")
+    filename = para["Filename"].strip()
+    if not FILENAME_RE.match(filename) or ".." in filename.split("/"):
+        raise UserError(f"invalid Filename '{filename}'", path=path, line=line,
+                        key=f"{para['Package']}.Filename",
+                        hint="a path relative to the archive root, ending in .deb")
+    return Entry(para["Package"], para["Version"], para["Architecture"],
+                 para["Lock-Archive"], para["Lock-Suite"], para["Lock-Stage"],
+                 filename, size, sha256, tuple(para.items()), line)
+
+
+def read(path):
+    """Read and validate the lockfile at ``path``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as error:
+        raise UserError(f"cannot read lockfile: {error.strerror}", path=path,
+                        hint="run 'ninja update-lockfiles' to create it")
+    return parse(text, path)
+
+
+def write_if_changed(path, text):
+    """Write ``text`` to ``path`` atomically unless it is already there.
+
+    Returns True when the file changed.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text:
+                return False
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return True
+
+
+@dataclass
+class Changes:
+    added: list      # [(name, arch, version)]
+    removed: list    # [(name, arch, version)]
+    upgraded: list   # [(name, arch, old, new)]  (also downgrades)
+    rebuilt: list    # [(name, arch, version)]  same version, other file
+
+    def __bool__(self):
+        return bool(self.added or self.removed or self.upgraded or self.rebuilt)
+
+    def lines(self):
+        out = []
+        for name, arch, version in self.added:
+            out.append(f"  + {name}:{arch} {version}")
+        for name, arch, version in self.removed:
+            out.append(f"  - {name}:{arch} {version}")
+        for name, arch, old, new in self.upgraded:
+            out.append(f"  ~ {name}:{arch} {old} -> {new}")
+        for name, arch, version in self.rebuilt:
+            out.append(f"  ! {name}:{arch} {version} (same version, new file)")
+        return out
+
+    def summary(self):
+        return (f"{len(self.added)} added, {len(self.removed)} removed, "
+                f"{len(self.upgraded)} upgraded, {len(self.rebuilt)} rebuilt")
+
+
+def compare(old_entries, new_entries):
+    """What changed between two lockfiles' entries."""
+    old = {(e.name, e.arch): e for e in old_entries}
+    new = {(e.name, e.arch): e for e in new_entries}
+    changes = Changes([], [], [], [])
+    for key in sorted(new.keys() - old.keys()):
+        changes.added.append(key + (new[key].version,))
+    for key in sorted(old.keys() - new.keys()):
+        changes.removed.append(key + (old[key].version,))
+    for key in sorted(old.keys() & new.keys()):
+        if old[key].version != new[key].version:
+            changes.upgraded.append(key + (old[key].version, new[key].version))
+        elif old[key].sha256 != new[key].sha256:
+            changes.rebuilt.append(key + (new[key].version,))
+    return changes
+
+
+def install_order(entries):
+    """Entries in an order where Pre-Depends and Depends come first.
+
+    Cycles (which Debian allows between Depends) are broken in name order,
+    as dpkg's own ordering would configure them together.
+    """
+    by_name = {}
+    provides = {}
+    for entry in entries:
+        by_name.setdefault(entry.name, entry)
+        for item in (entry.get("Provides") or "").split(","):
+            item = item.strip().split(" ")[0].split(":")[0]
+            if item:
+                provides.setdefault(item, []).append(entry)
+    deps = {}
+    for entry in entries:
+        targets = set()
+        for field in ("Pre-Depends", "Depends"):
+            for group in (entry.get(field) or "").split(","):
+                for alt in group.split("|"):
+                    name = alt.strip().split(" ")[0].split(":")[0]
+                    if not name:
+                        continue
+                    found = [by_name[name]] if name in by_name else \
+                        provides.get(name, [])
+                    if found:
+                        targets.add(found[0].name)
+                        break
+        targets.discard(entry.name)
+        deps[entry.name] = targets
+    order, state = [], {}
+
+    def visit(name):
+        if state.get(name) == 2 or state.get(name) == 1:
+            return
+        state[name] = 1
+        for dep in sorted(deps.get(name, ())):
+            visit(dep)
+        state[name] = 2
+        order.append(by_name[name])
+
+    for name in sorted(by_name):
+        visit(name)
+    return order

@@ -1,0 +1,55 @@
+"""The one helper that runs external commands.
+
+Commands are argv lists, never shell strings.  Output goes to a log file (or
+is captured); a failure raises ``CommandFailed`` naming the command line, its
+exit status and the tail of its output, plus the log path when there is one.
+"""
+
+import os
+import shlex
+import subprocess
+
+from .errors import CommandFailed
+
+TAIL_LINES = 25
+
+
+def _tail(text, lines=TAIL_LINES):
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+
+
+def run(argv, *, log=None, capture=False, cwd=None, env=None, input=None,
+        check=True):
+    """Run ``argv``.
+
+    ``log``: path of a file that receives stdout and stderr (appended).
+    ``capture``: return stdout as text instead (stderr kept for errors).
+    Returns the ``subprocess.CompletedProcess``.
+    """
+    argv = [os.fspath(a) for a in argv]
+    if log is not None:
+        with open(log, "ab") as logf:
+            logf.write(("$ " + shlex.join(argv) + "\n").encode())
+            logf.flush()
+            result = subprocess.run(argv, cwd=cwd, env=env, stdout=logf,
+                                    stderr=subprocess.STDOUT,
+                                    input=input.encode() if isinstance(input, str) else input)
+        if check and result.returncode != 0:
+            with open(log, "rb") as logf:
+                logf.seek(max(0, os.path.getsize(log) - 16384))
+                tail = _tail(logf.read().decode(errors="replace"))
+            raise CommandFailed(
+                f"command failed with exit status {result.returncode}: "
+                f"{shlex.join(argv)}\n{tail}\n(full log: {log})")
+        return result
+    result = subprocess.run(argv, cwd=cwd, env=env, input=input,
+                            stdout=subprocess.PIPE if capture else None,
+                            stderr=subprocess.PIPE,
+                            text=not isinstance(input, bytes))
+    if check and result.returncode != 0:
+        output = (result.stderr or "") if isinstance(result.stderr, str) else \
+            (result.stderr or b"").decode(errors="replace")
+        raise CommandFailed(
+            f"command failed with exit status {result.returncode}: "
+            f"{shlex.join(argv)}\n{_tail(output)}")
+    return result

@@ -1,0 +1,477 @@
+"""Resolution: package requests -> the exact set apt would install.
+
+Resolution runs apt's own solver (libapt through python-apt) on the host,
+against a private apt directory that holds only the verified Packages indices
+from ``archive.py`` and a dpkg status file describing what earlier stages
+installed.  No chroot, no root and no network are involved, and because it is
+apt's solver the answer is what ``apt-get install`` would do on the image:
+alternatives, virtual packages, versioned and architecture-qualified
+relations, Multi-Arch, Pre-Depends, Conflicts and Breaks, and the newest
+candidate across several suites.
+
+A recipe's stages resolve in order: a bootstrap stage follows mmdebstrap's
+two steps (the Essential set first, then the variant's priority set, apt and
+the extra packages on top of it); an ``install`` stage resolves on top of the
+state its parent left; a ``remove`` stage takes packages (and whatever depends
+on them) out of that state.  The host's own apt configuration is never read.
+"""
+
+import os
+import shutil
+from dataclasses import dataclass
+
+from debian import deb822
+
+from .errors import UserError
+
+DEP_TYPES = ("PreDepends", "Depends")
+
+
+@dataclass
+class LockedPackage:
+    """One resolved package: its index stanza and where it came from."""
+    name: str
+    arch: str
+    version: str
+    archive: str
+    suite: str
+    stanza: dict    # the archive's Packages stanza (field -> value)
+    stage: str = None
+
+    @property
+    def key(self):
+        return (self.name, self.arch)
+
+
+def _apt_pkg():
+    try:
+        import apt_pkg
+    except ImportError:
+        raise UserError("python3-apt is not installed",
+                        hint="run tools/setup-host, or apt-get install python3-apt")
+    return apt_pkg
+
+
+class AptRoot:
+    """A private apt directory: config, sources, lists and a status file."""
+
+    def __init__(self, directory, arch, indices, recommends=False):
+        apt_pkg = _apt_pkg()
+        self.dir = os.path.abspath(directory)
+        self.arch = arch
+        self.recommends = recommends
+        self.lists = os.path.join(self.dir, "lists")
+        self.status = os.path.join(self.dir, "status")
+        if os.path.exists(self.dir):
+            shutil.rmtree(self.dir)
+        os.makedirs(self.lists)
+        os.makedirs(os.path.join(self.dir, "empty.d"))
+        os.makedirs(os.path.join(self.dir, "cache", "archives", "partial"))
+        # list file name -> (archive, suite); its order is the recipe's order
+        # of archives and suites, which breaks ties between identical versions.
+        self.origin_of = {}
+        self.rank_of = {}
+        sources = []
+        seen_suites = set()
+        for rank, index in enumerate(indices):
+            uri = f"file:/debostree/{index.archive}"
+            dist = f"{uri}/dists/{index.suite}"
+            packages_name = apt_pkg.uri_to_filename(
+                f"{dist}/{index.component}/binary-{index.arch}/Packages")
+            os.symlink(index.path, os.path.join(self.lists, packages_name))
+            self.origin_of[packages_name] = (index.archive, index.suite)
+            self.rank_of[packages_name] = rank
+            if (index.archive, index.suite) not in seen_suites:
+                seen_suites.add((index.archive, index.suite))
+                os.symlink(index.release_path, os.path.join(
+                    self.lists, apt_pkg.uri_to_filename(f"{dist}/Release")))
+                components = sorted({i.component for i in indices
+                                     if (i.archive, i.suite) ==
+                                     (index.archive, index.suite)})
+                sources.append(f"deb [trusted=yes arch={arch}] {uri} "
+                               f"{index.suite} {' '.join(components)}\n")
+        with open(os.path.join(self.dir, "sources.list"), "w") as f:
+            f.writelines(sources)
+        self.write_status([])
+        self.config_file = os.path.join(self.dir, "apt.conf")
+        with open(self.config_file, "w") as f:
+            f.write(self.apt_conf())
+
+    def apt_conf(self):
+        d = self.dir
+        return f"""\
+Dir "{d}/";
+Dir::Etc "{d}/";
+Dir::Etc::main "{d}/apt.conf";
+Dir::Etc::parts "{d}/empty.d/";
+Dir::Etc::sourcelist "{d}/sources.list";
+Dir::Etc::sourceparts "{d}/empty.d/";
+Dir::Etc::preferences "{d}/preferences";
+Dir::Etc::preferencesparts "{d}/empty.d/";
+Dir::Etc::trusted "{d}/trusted.gpg";
+Dir::Etc::trustedparts "{d}/empty.d/";
+Dir::State "{d}/";
+Dir::State::lists "{self.lists}/";
+Dir::State::status "{self.status}";
+Dir::State::extended_states "{d}/extended_states";
+Dir::Cache "{d}/cache/";
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+Dir::Log "{d}/log/";
+Dir::Bin::dpkg "/bin/false";
+APT::Architecture "{self.arch}";
+APT::Architectures {{ "{self.arch}"; }};
+APT::Install-Recommends "{str(self.recommends).lower()}";
+APT::Install-Suggests "false";
+APT::Get::Show-Versions "true";
+Acquire::Languages "none";
+Debug::NoLocking "true";
+"""
+
+    def env(self):
+        """Environment for running apt-get on this root (for comparisons)."""
+        return {**os.environ, "APT_CONFIG": self.config_file, "LC_ALL": "C"}
+
+    def write_status(self, packages):
+        """Describe ``packages`` (LockedPackage) as installed in dpkg's status."""
+        with open(self.status, "w", encoding="utf-8") as f:
+            for pkg in sorted(packages, key=lambda p: p.key):
+                para = deb822.Deb822()
+                para["Package"] = pkg.name
+                para["Status"] = "install ok installed"
+                for field, value in pkg.stanza.items():
+                    if field in ("Package", "Filename", "Size", "SHA256",
+                                 "MD5sum", "Description-md5") or \
+                            field.startswith("Lock-"):
+                        continue
+                    para[field] = value
+                f.write(str(para) + "\n")
+
+    def open(self):
+        """Load the apt cache of this root; returns (cache, depcache, records)."""
+        apt_pkg = _apt_pkg()
+        config = apt_pkg.config
+        # The configuration is global to the process: start from a clean one
+        # so that nothing of the host's or of a previous root leaks in.
+        for key in list(config.keys()):
+            if "::" not in key:
+                config.clear(key)
+        os.environ["APT_CONFIG"] = self.config_file
+        apt_pkg.init_config()
+        apt_pkg.init_system()
+        cache = apt_pkg.Cache(None)
+        depcache = apt_pkg.DepCache(cache)
+        records = apt_pkg.PackageRecords(cache)
+        return cache, depcache, records
+
+
+class Resolution:
+    """One resolution step: requests marked on a cache of a given state."""
+
+    def __init__(self, root, installed, context):
+        self.apt_pkg = _apt_pkg()
+        self.root = root
+        self.context = context  # for error messages: "recipe stage 'x'"
+        root.write_status(installed)
+        self.cache, self.depcache, self.records = root.open()
+        self.requested = []
+
+    # -- marking ---------------------------------------------------------
+    def lookup(self, request):
+        """The package for a request (resolving purely virtual names)."""
+        name = request.name if not request.arch else f"{request.name}:{request.arch}"
+        try:
+            pkg = self.cache[name]
+        except KeyError:
+            pkg = None
+        if pkg is None or (not pkg.has_versions and not pkg.has_provides):
+            raise UserError(f"{self.context}: unknown package '{request}'",
+                            hint="no such package in the recipe's archives for "
+                            f"{self.root.arch}; check the name, suites and "
+                            "components")
+        if not pkg.has_versions:
+            providers = sorted({ver.parent_pkg.get_fullname(True)
+                                for _, _, ver in pkg.provides_list})
+            if len(providers) == 1:
+                return self.cache[providers[0]]
+            raise UserError(f"{self.context}: '{request}' is a virtual package "
+                            "provided by " + ", ".join(providers),
+                            hint="request one of them explicitly")
+        if request.version:
+            for ver in pkg.version_list:
+                if ver.ver_str == request.version:
+                    self.depcache.set_candidate_ver(pkg, ver)
+                    break
+            else:
+                available = ", ".join(v.ver_str for v in pkg.version_list)
+                raise UserError(f"{self.context}: package '{request.name}' has "
+                                f"no version {request.version}",
+                                hint=f"available: {available}")
+        elif self.depcache.get_candidate_ver(pkg) is None:
+            raise UserError(f"{self.context}: package '{request}' has no "
+                            "installable version")
+        return pkg
+
+    def install(self, packages):
+        """Mark ``packages`` for installation the way ``apt-get install`` does."""
+        self.requested.extend(packages)
+        with self.apt_pkg.ActionGroup(self.depcache):
+            for pkg in packages:
+                self.depcache.mark_install(pkg, False, True)
+            for pkg in packages:
+                if not self.depcache.marked_install(pkg) and pkg.current_ver:
+                    continue
+                self.depcache.mark_install(pkg, True, True)
+        if self.depcache.broken_count:
+            resolver = self.apt_pkg.ProblemResolver(self.depcache)
+            for pkg in packages:
+                resolver.protect(pkg)
+            try:
+                resolver.resolve(True)
+            except SystemError:
+                pass
+        self.check_broken()
+
+    def remove(self, packages):
+        """Mark ``packages`` for purging, and whatever cannot stay without them."""
+        resolver = self.apt_pkg.ProblemResolver(self.depcache)
+        for pkg in packages:
+            if pkg.current_ver is None:
+                raise UserError(f"{self.context}: cannot remove "
+                                f"'{pkg.get_fullname(True)}': it is not installed "
+                                "at this stage")
+            self.depcache.mark_delete(pkg, True)
+            resolver.protect(pkg)
+            resolver.remove(pkg)
+        if self.depcache.broken_count:
+            try:
+                resolver.resolve(True)
+            except SystemError:
+                pass
+        self.check_broken()
+        removed = [pkg for pkg in self.cache.packages
+                   if self.depcache.marked_delete(pkg)]
+        essential = [p.get_fullname(True) for p in removed if p.essential]
+        if essential:
+            raise UserError(f"{self.context}: removing these would remove "
+                            "essential packages: " + ", ".join(sorted(essential)))
+        return removed
+
+    def upgrade_all(self):
+        """``apt-get dist-upgrade`` on an empty system: Essential plus apt."""
+        self.depcache.upgrade(True)
+        self.check_broken()
+
+    # -- selections ------------------------------------------------------
+    def native_packages(self, predicate):
+        """Packages of the native arch whose candidate satisfies ``predicate``."""
+        result = []
+        for pkg in self.cache.packages:
+            if pkg.architecture != self.root.arch or not pkg.has_versions:
+                continue
+            ver = self.depcache.get_candidate_ver(pkg)
+            if ver is not None and predicate(pkg, ver):
+                result.append(pkg)
+        return sorted(result, key=lambda p: p.name)
+
+    def essential_set(self):
+        # The package flag, as apt's ?essential pattern (and so mmdebstrap)
+        # uses it: set when a version of the package is Essential: yes.
+        return self.native_packages(lambda pkg, ver: pkg.essential)
+
+    def priority_set(self, priorities):
+        return self.native_packages(
+            lambda pkg, ver: ver.priority in priorities and not pkg.essential)
+
+    # -- diagnosis -------------------------------------------------------
+    def check_broken(self):
+        if not self.depcache.broken_count:
+            return
+        broken = [pkg for pkg in self.cache.packages
+                  if self.depcache.is_inst_broken(pkg)]
+        chains = self._why_chains()
+        messages = []
+        for pkg in sorted(broken, key=lambda p: p.name)[:3]:
+            chain = chains.get(pkg.id, [pkg.get_fullname(True)])
+            problem = self._describe_broken(pkg)
+            messages.append(" -> ".join(chain) + f": {problem}")
+        raise UserError(f"{self.context}: unsatisfiable dependencies: "
+                        + "; ".join(messages),
+                        hint="request another version or alternative, or add "
+                        "the archive or suite that has the missing package")
+
+    def _target_ok(self, dep):
+        for ver in dep.all_targets():
+            pkg = ver.parent_pkg
+            if self.depcache.marked_install(pkg) or \
+                    self.depcache.marked_upgrade(pkg):
+                if self.depcache.get_candidate_ver(pkg).id == ver.id:
+                    return True
+            elif pkg.current_ver is not None and pkg.current_ver.id == ver.id \
+                    and not self.depcache.marked_delete(pkg):
+                return True
+        return False
+
+    def _describe_broken(self, pkg):
+        ver = self.depcache.get_candidate_ver(pkg) or pkg.current_ver
+        if ver is None:
+            return "not installable"
+        for dep_type, groups in ver.depends_list.items():
+            for group in groups:
+                if dep_type in ("Conflicts", "Breaks"):
+                    for dep in group:
+                        if self._target_ok(dep):
+                            return (f"{dep_type.lower()} with "
+                                    f"{self._dep_str(dep)}, which is to be "
+                                    "installed")
+                elif dep_type in DEP_TYPES:
+                    if not any(self._target_ok(dep) for dep in group):
+                        wanted = " | ".join(self._dep_str(d) for d in group)
+                        have = []
+                        for dep in group:
+                            cand = self.depcache.get_candidate_ver(dep.target_pkg) \
+                                if dep.target_pkg.has_versions else None
+                            have.append(f"{dep.target_pkg.name} "
+                                        f"{cand.ver_str if cand else 'is not available'}")
+                        return (f"{ver.parent_pkg.name} {dep_type.lower()} on "
+                                f"{wanted}, but {', '.join(have)}")
+        return "cannot be installed"
+
+    @staticmethod
+    def _dep_str(dep):
+        text = dep.target_pkg.name
+        if dep.target_ver:
+            text += f" ({dep.comp_type} {dep.target_ver})"
+        return text
+
+    def _why_chains(self):
+        """Breadth-first paths from the requested packages to every package."""
+        chains = {}
+        queue = []
+        for pkg in self.requested:
+            chains[pkg.id] = [pkg.get_fullname(True)]
+            queue.append(pkg)
+        while queue:
+            pkg = queue.pop(0)
+            ver = self.depcache.get_candidate_ver(pkg)
+            if ver is None:
+                continue
+            for dep_type in DEP_TYPES:
+                for group in ver.depends_list.get(dep_type, []):
+                    for dep in group:
+                        target = dep.target_pkg
+                        if target.id not in chains:
+                            chains[target.id] = chains[pkg.id] + [target.get_fullname(True)]
+                            queue.append(target)
+        return chains
+
+    # -- result ----------------------------------------------------------
+    def to_install(self):
+        """LockedPackage for every package marked for installation."""
+        result = []
+        for pkg in self.cache.packages:
+            if not (self.depcache.marked_install(pkg) or
+                    self.depcache.marked_upgrade(pkg)):
+                continue
+            ver = self.depcache.get_candidate_ver(pkg)
+            result.append(self.locked(ver))
+        return sorted(result, key=lambda p: p.key)
+
+    def locked(self, ver):
+        files = [pf for pf, _ in ver.file_list
+                 if os.path.basename(pf.filename) in self.root.origin_of]
+        if not files:
+            raise UserError(f"{self.context}: {ver.parent_pkg.name} "
+                            f"{ver.ver_str} is in no index of the recipe")
+        files.sort(key=lambda pf: self.root.rank_of[os.path.basename(pf.filename)])
+        chosen = files[0]
+        for pf, index in ver.file_list:
+            if pf.id == chosen.id:
+                self.records.lookup((pf, index))
+                break
+        stanza = deb822.Packages(self.records.record)
+        archive, suite = self.root.origin_of[os.path.basename(chosen.filename)]
+        return LockedPackage(ver.parent_pkg.name, ver.arch, ver.ver_str,
+                             archive, suite, dict(stanza))
+
+
+# Priorities of the priority-based variants, as in mmdebstrap.
+def _priorities(apt_pkg, variant):
+    return {
+        "required": {apt_pkg.PRI_REQUIRED},
+        "important": {apt_pkg.PRI_REQUIRED, apt_pkg.PRI_IMPORTANT},
+        "standard": {apt_pkg.PRI_REQUIRED, apt_pkg.PRI_IMPORTANT,
+                     apt_pkg.PRI_STANDARD},
+    }.get(variant, set())
+
+
+class StageState:
+    """Installed packages after a stage, keyed by (name, arch)."""
+
+    def __init__(self, packages=()):
+        self.packages = {p.key: p for p in packages}
+
+    def copy(self):
+        return StageState(self.packages.values())
+
+
+def resolve_stage(root, stage, state, context):
+    """Resolve one stage on top of ``state``.
+
+    Returns ``(new_state, installed)`` where ``installed`` is the list of
+    LockedPackage this stage adds (tagged with the stage's name).
+    """
+    apt_pkg = _apt_pkg()
+    installed = []
+    new_state = state.copy()
+    if stage.kind == "bootstrap":
+        variant = stage.options["variant"]
+        requests = stage.options["packages"]
+        if variant != "custom":
+            step = Resolution(root, list(new_state.packages.values()),
+                              f"{context} (Essential set)")
+            if variant == "apt":
+                step.upgrade_all()
+            else:
+                step.install(step.essential_set())
+            for pkg in step.to_install():
+                new_state.packages[pkg.key] = pkg
+                installed.append(pkg)
+        priorities = _priorities(apt_pkg, variant)
+        step = Resolution(root, list(new_state.packages.values()), context)
+        targets = step.priority_set(priorities) if priorities else []
+        if priorities:
+            targets.append(step.lookup(_Request("apt")))
+        targets += [step.lookup(r) for r in requests]
+        if targets:
+            step.install(targets)
+            for pkg in step.to_install():
+                new_state.packages[pkg.key] = pkg
+                installed.append(pkg)
+    elif stage.kind == "install":
+        step = Resolution(root, list(new_state.packages.values()), context)
+        step.install([step.lookup(r) for r in stage.options["packages"]])
+        for pkg in step.to_install():
+            new_state.packages[pkg.key] = pkg
+            installed.append(pkg)
+    elif stage.kind == "remove":
+        step = Resolution(root, list(new_state.packages.values()), context)
+        targets = [step.lookup(_Request(n.split(":")[0],
+                                        n.split(":")[1] if ":" in n else None))
+                   for n in stage.options["packages"]]
+        for pkg in step.remove(targets):
+            for arch in (pkg.architecture, "all"):
+                new_state.packages.pop((pkg.name, arch), None)
+    for pkg in installed:
+        pkg.stage = stage.name
+    return new_state, installed
+
+
+@dataclass(frozen=True)
+class _Request:
+    name: str
+    arch: str = None
+    version: str = None
+
+    def __str__(self):
+        return self.name

@@ -1,0 +1,170 @@
+"""Updating lockfiles: recipes + archives -> lockfiles, with a change report.
+
+For every recipe and architecture, fetch and verify the archives' indices
+(``archive.py``), resolve the stages in order (``resolve.py``), render the
+lockfile (``lockfile.py``) and compare it with the committed one.  Stages
+that start from another recipe's stage resolve on top of that stage's state,
+so recipes are processed parents first.
+"""
+
+import os
+import sys
+
+from . import archive, lockfile, resolve
+from .errors import UserError
+
+
+def effective_archives(recipe, by_name):
+    """A recipe's archives, inherited through ``from`` when it names none."""
+    seen = set()
+    current = recipe
+    while not current.archives and current.parent:
+        if current.name in seen:
+            break
+        seen.add(current.name)
+        current = by_name[current.parent.split("/")[0]]
+    return current.archives
+
+
+def stage_order(recipes):
+    """All (recipe, stage) pairs, each after the stage it starts from."""
+    by_name = {r.name: r for r in recipes}
+    order, done = [], set()
+
+    def visit(recipe, stage):
+        key = (recipe.name, stage.name)
+        if key in done:
+            return
+        if stage.parent:
+            other_recipe, other_stage = stage.parent.split("/")
+            parent_recipe = by_name[other_recipe]
+            visit(parent_recipe, parent_recipe.stage(other_stage))
+        done.add(key)
+        order.append((recipe, stage))
+
+    for recipe in recipes:
+        for stage in recipe.stages:
+            visit(recipe, stage)
+    return order
+
+
+def resolve_all(recipes, mirrors, cache_dir, out=sys.stderr):
+    """Resolve every recipe; return ``{(recipe name, arch): lockfile text}``."""
+    by_name = {r.name: r for r in recipes}
+    archive_cache = archive.ArchiveCache(os.path.join(cache_dir, "archives"),
+                                         mirrors)
+    roots = {}
+    states = {}
+    locked = {}
+    for recipe, stage in stage_order(recipes):
+        for arch in recipe.architectures:
+            key = (recipe.name, arch)
+            if key not in roots:
+                archives = effective_archives(recipe, by_name)
+                indices = []
+                for arc in archives:
+                    try:
+                        indices += archive_cache.indices(arc, arch)
+                    except UserError as error:
+                        keypath = ("archives",) if recipe.archives else ("from",)
+                        raise UserError(error.message, path=recipe.path,
+                                        line=recipe.source.line(keypath),
+                                        key=".".join(keypath),
+                                        hint=error.hint)
+                print(f"resolving {recipe.name} ({arch})", file=out, flush=True)
+                roots[key] = resolve.AptRoot(
+                    os.path.join(cache_dir, "apt", f"{recipe.name}.{arch}"),
+                    arch, indices, recipe.recommends)
+                locked[key] = []
+            if stage.parent:
+                parent = tuple(stage.parent.split("/"))
+                state = states[parent + (arch,)]
+            else:
+                state = resolve.StageState()
+            context = (f"{os.path.relpath(recipe.path)}:{stage.line}: "
+                       f"stage '{stage.name}' ({arch})")
+            new_state, installed = resolve.resolve_stage(roots[key], stage,
+                                                         state, context)
+            states[(recipe.name, stage.name, arch)] = new_state
+            locked[key].extend(installed)
+    return {key: lockfile.render(packages) for key, packages in locked.items()}
+
+
+def update_lockfiles(recipes, lockfile_dir, mirrors, cache_dir, check=False,
+                     out=sys.stdout):
+    """Rewrite changed lockfiles (or, with ``check``, only report them).
+
+    Returns the number of lockfiles that changed (or would change).
+    """
+    texts = resolve_all(recipes, mirrors, cache_dir)
+    changed = 0
+    for (name, arch), text in sorted(texts.items()):
+        path = os.path.join(lockfile_dir, lockfile.lockfile_name(name, arch))
+        old_entries = []
+        old_text = None
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                old_text = f.read()
+            try:
+                old_entries = lockfile.parse(old_text, path)
+            except UserError:
+                old_entries = []
+        if old_text == text:
+            print(f"{os.path.relpath(path)}: up to date", file=out)
+            continue
+        changed += 1
+        changes = lockfile.compare(old_entries, lockfile.parse(text, path))
+        verb = "is stale" if check else ("created" if old_text is None
+                                         else "updated")
+        print(f"{os.path.relpath(path)}: {verb}: {changes.summary()}", file=out)
+        for line in changes.lines():
+            print(line, file=out)
+        if not check:
+            lockfile.write_if_changed(path, text)
+    # Lockfiles whose recipe or architecture is gone are left for the user
+    # to delete, but named, since configure ignores them.
+    wanted = {lockfile.lockfile_name(n, a) for n, a in texts}
+    if os.path.isdir(lockfile_dir):
+        for name in sorted(os.listdir(lockfile_dir)):
+            if name.endswith(".lock") and name not in wanted:
+                print(f"{os.path.join(os.path.relpath(lockfile_dir), name)}: no "
+                      "recipe uses it any more; delete it", file=out)
+    return changed
+
+
+def check_consistency(recipe, arch, entries, path, inherited=()):
+    """Check, without the network, that a lockfile still fits its recipe.
+
+    Every stage of the recipe that installs packages must have its requested
+    packages locked in it (or before it), and every locked stage must exist.
+    """
+    stage_names = [s.name for s in recipe.stages]
+    for entry in entries:
+        if entry.stage not in stage_names:
+            raise UserError(f"package {entry.name} is locked for stage "
+                            f"'{entry.stage}', which the recipe does not have",
+                            path=path, line=entry.line,
+                            hint="the recipe changed: run 'ninja update-lockfiles'")
+    locked = {}
+    for entry in list(entries) + list(inherited):
+        locked.setdefault(entry.name, []).append(entry)
+        for item in (entry.get("Provides") or "").split(","):
+            provided = item.strip().split(" ")[0]
+            if provided:
+                locked.setdefault(provided, []).append(entry)
+    for index, stage in enumerate(recipe.stages):
+        requests = []
+        if stage.kind == "bootstrap":
+            requests = stage.options["packages"]
+        elif stage.kind == "install":
+            requests = stage.options["packages"]
+        for request in requests:
+            candidates = [e for e in locked.get(request.name, [])
+                          if not request.version or e.version == request.version]
+            if not candidates:
+                raise UserError(
+                    f"stage '{stage.name}' requests '{request}', which is not "
+                    f"in the lockfile {os.path.relpath(path)}",
+                    path=recipe.path, line=stage.line,
+                    key=f"stages[{index}].{stage.kind}",
+                    hint="run 'ninja update-lockfiles' and commit the result")

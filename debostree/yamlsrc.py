@@ -1,0 +1,99 @@
+"""YAML loading that remembers where every value came from.
+
+PyYAML's composer gives nodes with line numbers; this module turns them into
+plain Python values plus a ``Source`` that maps a key path (``("stages", 2,
+"install")``) to its file and line, so validation errors can point at the
+exact spot.  Duplicate keys, which PyYAML silently accepts, are refused.
+"""
+
+import yaml
+
+from .errors import UserError
+
+
+class Source:
+    """Where the values of one YAML document came from."""
+
+    def __init__(self, path, lines=None):
+        self.path = path
+        self.lines = lines or {}
+
+    def line(self, keypath):
+        """The line of ``keypath``, or of its nearest ancestor that has one."""
+        keypath = tuple(keypath)
+        while keypath not in self.lines and keypath:
+            keypath = keypath[:-1]
+        return self.lines.get(keypath)
+
+    def error(self, keypath, message, hint=None):
+        return UserError(message, path=self.path, line=self.line(keypath),
+                         key=format_keypath(keypath), hint=hint)
+
+
+def format_keypath(keypath):
+    text = ""
+    for part in keypath:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + str(part)
+    return text
+
+
+def _convert(node, keypath, lines, constructor, path):
+    lines[keypath] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        result = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise UserError("mapping keys must be plain strings", path=path,
+                                line=key_node.start_mark.line + 1,
+                                key=format_keypath(keypath))
+            key = constructor.construct_object(key_node)
+            if not isinstance(key, str):
+                key = str(key)
+            if key in result:
+                raise UserError(f"duplicate key '{key}'", path=path,
+                                line=key_node.start_mark.line + 1,
+                                key=format_keypath(keypath),
+                                hint="each key may appear once in a mapping")
+            result[key] = _convert(value_node, keypath + (key,), lines,
+                                   constructor, path)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_convert(item, keypath + (index,), lines, constructor, path)
+                for index, item in enumerate(node.value)]
+    return constructor.construct_object(node, deep=True)
+
+
+def load(path, text=None):
+    """Parse the YAML file at ``path``; return ``(data, Source)``."""
+    if text is None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as error:
+            raise UserError(f"cannot read file: {error.strerror}", path=path)
+        except UnicodeDecodeError as error:
+            raise UserError(f"not UTF-8 text ({error.reason})", path=path)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        problem = error.problem or error.context or "syntax error"
+        raise UserError(f"invalid YAML: {problem}", path=path,
+                        line=mark.line + 1 if mark else None,
+                        hint="check indentation, quoting and colons on this line")
+    except yaml.YAMLError as error:
+        raise UserError(f"invalid YAML: {error}", path=path)
+    lines = {}
+    if node is None:
+        return None, Source(path, lines)
+    constructor = yaml.SafeLoader("")
+    try:
+        data = _convert(node, (), lines, constructor, path)
+    except yaml.constructor.ConstructorError as error:
+        mark = error.problem_mark
+        raise UserError(f"invalid YAML value: {error.problem}", path=path,
+                        line=mark.line + 1 if mark else None)
+    return data, Source(path, lines)
