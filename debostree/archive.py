@@ -12,6 +12,7 @@ file that has not been checked.
 import bz2
 import gzip
 import hashlib
+import http.client
 import lzma
 import os
 import shutil
@@ -76,13 +77,18 @@ def download(url, dest, *, expect_size=None, expect_sha256=None, what=None):
                                prefix=".part-" + os.path.basename(dest)[:40])
     try:
         with os.fdopen(fd, "wb") as out, open_url(url) as response:
-            while True:
-                chunk = response.read(1 << 20)
-                if not chunk:
-                    break
-                out.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
+            try:
+                while True:
+                    chunk = response.read(1 << 20)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+            except (OSError, http.client.HTTPException) as error:
+                raise UserError(f"{what or url}: download from {url} broke off "
+                                f"after {size} bytes: {error!r}",
+                                hint="the partial file was not kept; retry")
         actual = digest.hexdigest()
         if (expect_size is not None and size != expect_size) or \
                 (expect_sha256 is not None and actual != expect_sha256):

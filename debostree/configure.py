@@ -9,7 +9,7 @@ import os
 import sys
 
 from . import graph, lockfile, mirrors, ninja, recipe, update
-from .errors import UserError
+from .errors import UserError, display_path
 from .project import TOP, BuildConfig
 
 
@@ -80,7 +80,7 @@ def configure(args, argv):
     ninja.write_atomically(os.path.join(os.getcwd(), "build.ninja"), text)
     missing = [p for p, e in locks.values() if e is None]
     for path in missing:
-        print(f"configure: warning: {os.path.relpath(path)} is missing; run "
+        print(f"configure: warning: {display_path(path)} is missing; run "
               "'ninja update-lockfiles'", file=sys.stderr)
     print(f"configure: {len(recipes)} recipes, "
           f"{sum(len(e or []) for _, e in locks.values())} locked packages; "

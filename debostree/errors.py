@@ -6,7 +6,15 @@ and the program exits with status 2, without a traceback.  Everything else
 is a bug and keeps its traceback.
 """
 
+import os
 import sys
+
+
+def display_path(path):
+    """``path`` relative to the current directory when it is inside it."""
+    path = os.fspath(path)
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
 
 
 class UserError(Exception):
@@ -25,7 +33,7 @@ class UserError(Exception):
     def format(self):
         where = ""
         if self.path is not None:
-            where = str(self.path)
+            where = display_path(self.path)
             if self.line is not None:
                 where += f":{self.line}"
             where += ": "

@@ -428,7 +428,8 @@ def load_recipe(path):
                             _environment(src, keypath + ("environment",),
                                          raw.get("environment")),
                             src.line(keypath)))
-    if not archives and any(s.kind in ("bootstrap", "install") for s in stages):
+    if not archives and parent is None and \
+            any(s.kind in ("bootstrap", "install") for s in stages):
         raise src.error(root, "missing required key 'archives'",
                         hint="stages that install packages need archives")
     return Recipe(name, os.path.abspath(path), ref, arches, tuple(archives),

@@ -285,20 +285,33 @@ class Resolution:
 
     # -- diagnosis -------------------------------------------------------
     def check_broken(self):
-        if not self.depcache.broken_count:
-            return
+        """Raise a UserError that names the failing chain, if apt failed."""
+        unmarked = [pkg for pkg in self.requested
+                    if not self._will_have(pkg)]
         broken = [pkg for pkg in self.cache.packages
                   if self.depcache.is_inst_broken(pkg)]
-        chains = self._why_chains()
+        if not broken and not unmarked:
+            return
         messages = []
-        for pkg in sorted(broken, key=lambda p: p.name)[:3]:
-            chain = chains.get(pkg.id, [pkg.get_fullname(True)])
-            problem = self._describe_broken(pkg)
-            messages.append(" -> ".join(chain) + f": {problem}")
+        for pkg in sorted(set(broken) | set(unmarked), key=lambda p: p.name)[:3]:
+            clash = self._clash(pkg)
+            ver = self.depcache.get_candidate_ver(pkg)
+            if clash:
+                chain, reason = [pkg.get_fullname(True)], clash
+            elif ver is not None:
+                chain, reason = self._explain(ver, [], set())
+            else:
+                chain, reason = [pkg.get_fullname(True)], "is not installable"
+            messages.append(" -> ".join(chain) + f": {reason}")
         raise UserError(f"{self.context}: unsatisfiable dependencies: "
                         + "; ".join(messages),
                         hint="request another version or alternative, or add "
                         "the archive or suite that has the missing package")
+
+    def _will_have(self, pkg):
+        if self.depcache.marked_install(pkg) or self.depcache.marked_upgrade(pkg):
+            return True
+        return pkg.current_ver is not None and not self.depcache.marked_delete(pkg)
 
     def _target_ok(self, dep):
         for ver in dep.all_targets():
@@ -312,36 +325,61 @@ class Resolution:
                 return True
         return False
 
-    def _describe_broken(self, pkg):
-        ver = self.depcache.get_candidate_ver(pkg) or pkg.current_ver
+    def _clash(self, pkg):
+        """A Conflicts/Breaks between ``pkg`` and what is to be installed."""
+        ver = self.depcache.get_candidate_ver(pkg)
         if ver is None:
-            return "not installable"
-        for dep_type, groups in ver.depends_list.items():
-            for group in groups:
-                if dep_type in ("Conflicts", "Breaks"):
+            return None
+        for dep_type in ("Conflicts", "Breaks"):
+            for group in ver.depends_list.get(dep_type, []):
+                for dep in group:
+                    if dep.target_pkg.id != pkg.id and self._target_ok(dep):
+                        return (f"{dep_type.lower()} with {self._dep_str(dep)},"
+                                " which is to be installed")
+        for other in self.requested:
+            other_ver = self.depcache.get_candidate_ver(other)
+            if other.id == pkg.id or other_ver is None:
+                continue
+            for dep_type in ("Conflicts", "Breaks"):
+                for group in other_ver.depends_list.get(dep_type, []):
                     for dep in group:
-                        if self._target_ok(dep):
-                            return (f"{dep_type.lower()} with "
-                                    f"{self._dep_str(dep)}, which is to be "
-                                    "installed")
-                elif dep_type in DEP_TYPES:
-                    if not any(self._target_ok(dep) for dep in group):
-                        wanted = " | ".join(self._dep_str(d) for d in group)
-                        have = []
-                        for dep in group:
-                            cand = self.depcache.get_candidate_ver(dep.target_pkg) \
-                                if dep.target_pkg.has_versions else None
-                            have.append(f"{dep.target_pkg.name} "
-                                        f"{cand.ver_str if cand else 'is not available'}")
-                        return (f"{ver.parent_pkg.name} {dep_type.lower()} on "
-                                f"{wanted}, but {', '.join(have)}")
-        return "cannot be installed"
+                        if any(t.id == ver.id for t in dep.all_targets()):
+                            return (f"{other.name} {dep_type.lower()} "
+                                    f"{self._dep_str(dep)}")
+        return None
+
+    def _explain(self, ver, chain, seen):
+        """Follow unsatisfied dependencies down to the one that fails."""
+        chain = chain + [ver.parent_pkg.get_fullname(True)]
+        if ver.id in seen:
+            return chain, "dependency loop"
+        seen.add(ver.id)
+        for dep_type in DEP_TYPES:
+            for group in ver.depends_list.get(dep_type, []):
+                if any(self._target_ok(dep) for dep in group):
+                    continue
+                wanted = " | ".join(self._dep_str(d) for d in group)
+                for dep in group:
+                    targets = dep.all_targets()
+                    if targets:
+                        return self._explain(targets[0], chain, seen)
+                have = []
+                for dep in group:
+                    target = dep.target_pkg
+                    cand = self.depcache.get_candidate_ver(target) \
+                        if target.has_versions else None
+                    have.append(f"{target.name} {cand.ver_str} is the newest "
+                                "available" if cand else
+                                f"{target.name} is not available")
+                return chain, (f"{ver.parent_pkg.name} {dep_type.lower()} on "
+                               f"{wanted}, but {', '.join(have)}")
+        return chain, self._clash(ver.parent_pkg) or "cannot be installed"
 
     @staticmethod
     def _dep_str(dep):
         text = dep.target_pkg.name
         if dep.target_ver:
-            text += f" ({dep.comp_type} {dep.target_ver})"
+            text += f" ({dep.comp_type_deb} {dep.target_ver})"
         return text
 
     def _why_chains(self):

@@ -11,7 +11,7 @@ import os
 import sys
 
 from . import archive, lockfile, resolve
-from .errors import UserError
+from .errors import UserError, display_path
 
 
 def effective_archives(recipe, by_name):
@@ -81,7 +81,7 @@ def resolve_all(recipes, mirrors, cache_dir, out=sys.stderr):
                 state = states[parent + (arch,)]
             else:
                 state = resolve.StageState()
-            context = (f"{os.path.relpath(recipe.path)}:{stage.line}: "
+            context = (f"{display_path(recipe.path)}:{stage.line}: "
                        f"stage '{stage.name}' ({arch})")
             new_state, installed = resolve.resolve_stage(roots[key], stage,
                                                          state, context)
@@ -110,13 +110,13 @@ def update_lockfiles(recipes, lockfile_dir, mirrors, cache_dir, check=False,
             except UserError:
                 old_entries = []
         if old_text == text:
-            print(f"{os.path.relpath(path)}: up to date", file=out)
+            print(f"{display_path(path)}: up to date", file=out)
             continue
         changed += 1
         changes = lockfile.compare(old_entries, lockfile.parse(text, path))
         verb = "is stale" if check else ("created" if old_text is None
                                          else "updated")
-        print(f"{os.path.relpath(path)}: {verb}: {changes.summary()}", file=out)
+        print(f"{display_path(path)}: {verb}: {changes.summary()}", file=out)
         for line in changes.lines():
             print(line, file=out)
         if not check:
@@ -127,7 +127,7 @@ def update_lockfiles(recipes, lockfile_dir, mirrors, cache_dir, check=False,
     if os.path.isdir(lockfile_dir):
         for name in sorted(os.listdir(lockfile_dir)):
             if name.endswith(".lock") and name not in wanted:
-                print(f"{os.path.join(os.path.relpath(lockfile_dir), name)}: no "
+                print(f"{os.path.join(display_path(lockfile_dir), name)}: no "
                       "recipe uses it any more; delete it", file=out)
     return changed
 
@@ -164,7 +164,7 @@ def check_consistency(recipe, arch, entries, path, inherited=()):
             if not candidates:
                 raise UserError(
                     f"stage '{stage.name}' requests '{request}', which is not "
-                    f"in the lockfile {os.path.relpath(path)}",
+                    f"in the lockfile {display_path(path)}",
                     path=recipe.path, line=stage.line,
                     key=f"stages[{index}].{stage.kind}",
                     hint="run 'ninja update-lockfiles' and commit the result")

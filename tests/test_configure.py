@@ -1,0 +1,117 @@
+"""./configure and the ninja targets of the lockfile workflow, end to end
+against a local signed archive."""
+
+import os
+import subprocess
+
+import pytest
+
+from conftest import TOP, populate, run_tool
+from debarchive import Archive, Server
+from debostree import fetch, lockfile
+from helpers import write_recipe
+
+
+def ninja(cwd, *args):
+    return subprocess.run(["ninja"] + list(args), cwd=cwd, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def project(tmp_path, key, no_user_config):
+    arc = populate(Archive(tmp_path / "archive", key)).publish()
+    server = Server(arc.root)
+    arc.url, arc.server = server.url, server
+    work = tmp_path / "work"
+    work.mkdir()
+    write_recipe(work / "recipes", "my image", [
+        {"name": "base", "bootstrap": {"variant": "custom",
+                                       "packages": ["coreutils"]}},
+        {"name": "apps", "install": ["app", "exim"]}], arc)
+    result = run_tool([os.path.join(TOP, "configure.py"), "--recipes",
+                       "recipes", "--lockfiles", "lockfiles",
+                       "--mirror", f"test={arc.url}"], cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert "missing" in result.stderr  # no lockfile yet
+    yield work, arc
+    server.close()
+
+
+def test_lockfile_workflow(project):
+    work, arc = project
+    lock = work / "lockfiles" / "my image.amd64.lock"
+    # Without a lockfile, building says what to do.
+    result = ninja(work)
+    assert result.returncode != 0
+    assert "run 'ninja update-lockfiles'" in result.stdout + result.stderr
+
+    result = ninja(work, "update-lockfiles")
+    assert result.returncode == 0, result.stdout
+    assert "+ app:amd64 1.0" in result.stdout
+    entries = {e.name: e for e in lockfile.read(str(lock))}
+    assert entries["app"].stage == "apps" and entries["libc"].stage == "base"
+
+    result = ninja(work)  # regenerates build.ninja, then fetches
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.count("FETCH ") == len(entries)
+    pool = str(work / "build" / "pool")
+    for entry in entries.values():
+        assert os.path.exists(fetch.pool_path(pool, entry.sha256))
+    assert "no work to do" in ninja(work).stdout
+    targets = ninja(work, "-t", "targets", "all").stdout
+    for target in ("my image", "my image/packages", "update-lockfiles",
+                   "check-lockfiles", "fetch"):
+        assert f"\n{target}: " in "\n" + targets, targets
+
+    # Nothing changed upstream: the lockfile is not rewritten.
+    mtime = os.stat(lock).st_mtime_ns
+    result = ninja(work, "check-lockfiles")
+    assert result.returncode == 0 and "up to date" in result.stdout
+    assert ninja(work, "update-lockfiles").returncode == 0
+    assert os.stat(lock).st_mtime_ns == mtime
+
+    # A newer libfoo appears: check fails and names it; update takes it;
+    # only the new package is fetched.
+    arc.add("stable-updates", "libfoo", "3.0", "amd64", multi_arch="same",
+            depends="libc")
+    arc.add("stable-updates", "libfoo", "3.0", "arm64", multi_arch="same",
+            depends="libc")
+    arc.publish()
+    before = lock.read_text()
+    result = ninja(work, "check-lockfiles")
+    assert result.returncode != 0
+    assert "~ libfoo:amd64 2.0 -> 3.0" in result.stdout
+    assert lock.read_text() == before
+    result = ninja(work, "update-lockfiles")
+    assert result.returncode == 0
+    assert "0 added, 0 removed, 1 upgraded" in result.stdout
+    result = ninja(work)
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.count("FETCH ") == 1 and "FETCH libfoo 3.0" in result.stdout
+
+
+def test_stale_lockfile_is_caught_by_configure(project):
+    work, arc = project
+    assert ninja(work, "update-lockfiles").returncode == 0
+    recipe = work / "recipes" / "my image.yaml"
+    recipe.write_text(recipe.read_text().replace("- exim", "- exim\n  - nano"))
+    result = run_tool([os.path.join(TOP, "configure.py"), "--recipes", "recipes",
+                       "--lockfiles", "lockfiles", "--mirror",
+                       f"test={arc.url}"], cwd=work)
+    assert result.returncode == 2
+    assert "requests 'nano', which is not in the lockfile" in result.stderr
+    assert "my image.yaml" in result.stderr
+
+
+def test_tampered_lockfile_hash_fails_the_fetch(project):
+    work, arc = project
+    assert ninja(work, "update-lockfiles").returncode == 0
+    lock = work / "lockfiles" / "my image.amd64.lock"
+    entries = lockfile.read(str(lock))
+    victim = next(e for e in entries if e.name == "exim")
+    lock.write_text(lock.read_text().replace(victim.sha256, "f" * 64))
+    result = ninja(work)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "package exim_4.0_amd64.deb" in output and "f" * 64 in output
+    assert victim.sha256 in output

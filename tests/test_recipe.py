@@ -1,0 +1,158 @@
+"""Recipe validation: good recipes load, bad ones give one clear line."""
+
+import os
+import textwrap
+
+import pytest
+
+from conftest import TOP, run_tool
+from debostree import recipe
+from debostree.errors import UserError
+
+GOOD = """\
+ref: exampleos/bookworm/amd64/minimal
+architecture: amd64
+archives:
+  - {name: debian, suites: [bookworm, bookworm-updates], components: [main]}
+  - {name: debian-security, suites: [bookworm-security], components: [main]}
+environment: {LANG: C.UTF-8}
+stages:
+  - {name: base, bootstrap: {variant: minbase, packages: [systemd-sysv]}}
+  - {name: users, run: "useradd --create-home --shell /bin/bash demo"}
+  - {name: tools, install: [iproute2, "openssh-server=1:9.2p1-2+deb12u3"]}
+  - name: files
+    copy:
+      - {src: motd, dest: /etc/motd, owner: root, group: root, mode: "0644"}
+  - {name: slim, remove: [iproute2]}
+"""
+
+
+def write(tmp_path, text, name="r.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    (tmp_path / "motd").write_text("hello\n")
+    return str(path)
+
+
+def error_of(tmp_path, text):
+    with pytest.raises(UserError) as info:
+        recipe.load_recipe(write(tmp_path, text))
+    return info.value
+
+
+def test_good_recipe(tmp_path):
+    rec = recipe.load_recipe(write(tmp_path, GOOD))
+    assert rec.name == "r"
+    assert rec.architectures == ("amd64",)
+    assert [s.kind for s in rec.stages] == ["bootstrap", "run", "install",
+                                            "copy", "remove"]
+    assert rec.stages[0].options["variant"] == "required"  # minbase alias
+    assert rec.stages[1].parent == "r/base"
+    assert str(rec.stages[2].options["packages"][1]) == \
+        "openssh-server=1:9.2p1-2+deb12u3"
+    assert rec.stages[3].options["items"][0].mode == "0644"
+    assert rec.archives[1].suites == ("bookworm-security",)
+    assert rec.environment == {"LANG": "C.UTF-8"}
+
+
+def test_default_recipes_are_valid():
+    recipes = recipe.load_recipes(os.path.join(TOP, "recipes"))
+    assert "minimal" in [r.name for r in recipes]
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    error = error_of(tmp_path, GOOD.replace("architecture: amd64",
+                                            "architecture: [amd64"))
+    assert error.path.endswith("r.yaml")
+    assert error.line is not None and error.line >= 2
+    assert "invalid YAML" in error.format()
+
+
+@pytest.mark.parametrize("old,new,line,key,words", [
+    ("architecture: amd64", "architecture: amd64\nbogus: 1", 3, "bogus",
+     "unknown key 'bogus'"),
+    ("variant: minbase", "variant: tiny", 8, "stages[0].bootstrap.variant",
+     "unknown variant 'tiny'"),
+    ("architecture: amd64", "architecture: sparc", 2, "architecture",
+     "unknown architecture"),
+    ("install: [iproute2,", "install: [Bad_Name,", 10,
+     "stages[2].install[0]", "invalid package request"),
+    ("{name: tools,", "{name: base,", 10, "stages[2].name", "used twice"),
+    ("suites: [bookworm-security]", "suites: []", 5,
+     "archives[1].suites", "the list is empty"),
+    ("src: motd", "src: nothere", 13, "stages[3].copy[0].src",
+     "no such file"),
+    ('mode: "0644"', 'mode: "rw"', 13, "stages[3].copy[0].mode",
+     "invalid mode"),
+    ("dest: /etc/motd", "dest: etc/motd", 13, "stages[3].copy[0].dest",
+     "absolute path"),
+    ("{name: users, run:", "{name: users, install: [a], run:", 9,
+     "stages[1]", "exactly one kind"),
+    ("ref: exampleos/bookworm/amd64/minimal", "ref: bad ref!", 1, "ref",
+     "invalid OSTree ref"),
+    ("name: debian-security,", "name: debian,", 5, "archives[1].name",
+     "listed twice"),
+])
+def test_bad_values(tmp_path, old, new, line, key, words):
+    assert old in GOOD
+    error = error_of(tmp_path, GOOD.replace(old, new, 1))
+    assert error.line == line, error.format()
+    assert error.key == key, error.format()
+    assert words in error.format()
+
+
+def test_duplicate_key(tmp_path):
+    error = error_of(tmp_path, GOOD.replace("architecture: amd64",
+                                            "architecture: amd64\nref: x/y"))
+    assert error.line == 3 and "duplicate key 'ref'" in error.format()
+
+
+def test_missing_required(tmp_path):
+    error = error_of(tmp_path, "architecture: amd64\nstages: []\n")
+    assert "missing required key 'ref'" in error.format()
+
+
+def test_first_stage_needs_a_base(tmp_path):
+    text = GOOD.replace(
+        "  - {name: base, bootstrap: {variant: minbase, packages: [systemd-sysv]}}\n",
+        "")
+    error = error_of(tmp_path, text)
+    assert "nothing to start from" in error.format()
+
+
+def test_references_between_recipes(tmp_path):
+    write(tmp_path, GOOD, "base.yaml")
+    write(tmp_path, """\
+        ref: exampleos/derived
+        architecture: amd64
+        from: base/tools
+        stages:
+          - {name: extra, install: [nano]}
+        """, "derived.yaml")
+    recipes = {r.name: r for r in recipe.load_recipes(str(tmp_path))}
+    assert recipes["derived"].stages[0].parent == "base/tools"
+    write(tmp_path, """\
+        ref: exampleos/derived
+        architecture: amd64
+        from: base/nosuch
+        stages:
+          - {name: extra, install: [nano]}
+        """, "derived.yaml")
+    with pytest.raises(UserError) as info:
+        recipe.load_recipes(str(tmp_path))
+    assert "has no stage 'nosuch'" in info.value.format()
+    assert info.value.line == 3
+
+
+def test_configure_reports_one_line_and_status_2(tmp_path):
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    write(recipes, GOOD.replace("variant: minbase", "variant: tiny"))
+    result = run_tool([os.path.join(TOP, "configure.py"), "--recipes", recipes,
+                       "--lockfiles", tmp_path / "lockfiles"], cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "r.yaml:8: stages[0].bootstrap.variant: unknown variant 'tiny'" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "build.ninja").exists()

@@ -1,0 +1,155 @@
+"""The resolver gives what apt-get would install, for many kinds of request."""
+
+import pytest
+
+from debostree import lockfile
+from debostree.errors import UserError
+from helpers import apt_simulate, locked_set, resolve_recipe, status_of
+
+
+CUSTOM_REQUESTS = [
+    ["app"],                      # versioned dep from the newer suite; alternatives
+    ["app", "postfix"],           # an explicit choice for a virtual dependency
+    ["editor"],                   # virtual package with one provider
+    ["script-tool"],              # perl:any on Multi-Arch: allowed
+    ["uses-helper"],              # Multi-Arch: foreign
+    ["new-tool"],                 # Conflicts/Replaces/Provides
+    ["needs-setup"],              # Pre-Depends
+    ["data-all", "libc:ARCH"],    # arch: all and an arch-qualified request
+    ["libfoo=1.0"],               # a pinned older version
+]
+
+
+@pytest.mark.parametrize("requests", CUSTOM_REQUESTS, ids=lambda r: "+".join(r))
+@pytest.mark.parametrize("arch", ["amd64", "arm64"])
+def test_custom_bootstrap_matches_apt(tmp_path, test_archive, requests, arch):
+    requests = [r.replace("ARCH", arch) for r in requests]
+    text, root = resolve_recipe(tmp_path, test_archive, [
+        {"name": "base", "bootstrap": {"variant": "custom",
+                                       "packages": requests}}], arch=arch)
+    expected = apt_simulate(root, ["install"] + requests)
+    assert locked_set(text) == expected
+    assert expected  # the comparison is not vacuous
+
+
+def test_newest_suite_wins(tmp_path, test_archive):
+    text, _ = resolve_recipe(tmp_path, test_archive, [
+        {"name": "base", "bootstrap": {"variant": "custom", "packages": ["app"]}}])
+    entries = {e.name: e for e in lockfile.parse(text)}
+    assert entries["libfoo"].version == "2.0"
+    assert entries["libfoo"].suite == "stable-updates"
+    assert entries["app"].suite == "stable"
+    assert entries["libfoo"].filename.startswith("pool/main/l/libfoo/")
+    assert entries["libfoo"].archive == "test"
+    assert "app-docs" not in entries  # Recommends are off by default
+
+
+def test_recommends_switch(tmp_path, test_archive):
+    text, root = resolve_recipe(tmp_path, test_archive, [
+        {"name": "base", "bootstrap": {"variant": "custom", "packages": ["app"]}}],
+        recommends=True)
+    assert "app-docs" in {e.name for e in lockfile.parse(text)}
+    assert locked_set(text) == apt_simulate(root, ["install", "app"])
+
+
+@pytest.mark.parametrize("variant", ["essential", "required", "important"])
+def test_variants_follow_mmdebstrap(tmp_path, test_archive, variant):
+    text, root = resolve_recipe(tmp_path, test_archive, [
+        {"name": "base", "bootstrap": {"variant": variant}}])
+    # mmdebstrap: apt installs the Essential set, then (for priority based
+    # variants) the priority set plus apt on top of it.
+    essential = apt_simulate(root, ["install", "?narrow(?architecture(amd64),"
+                                    "?essential)"])
+    got = locked_set(text)
+    assert set(essential) <= set(got)
+    assert ("base-files", "amd64") in got and ("coreutils", "amd64") in got
+    if variant == "essential":
+        assert got == essential
+        return
+    installed = {k: v for k, v in got.items() if k in essential}
+    stanzas = [s for s in text.split("\n\n")
+               if any(f"Package: {name}\n" in s for name, _ in installed)]
+    pattern = "?priority(required)" if variant == "required" else \
+        "?or(?priority(required),?priority(important))"
+    rest = apt_simulate(root, ["install", "apt", f"?narrow(?architecture(amd64),"
+                               f"?and({pattern},?not(?essential)))"],
+                        status_of("\n\n".join(stanzas)))
+    assert got == {**essential, **rest}
+    assert ("apt", "amd64") in got
+    assert (("important-tool", "all") in got) == (variant == "important")
+
+
+def test_install_stage_resolves_on_top_of_parent(tmp_path, test_archive):
+    text, root = resolve_recipe(tmp_path, test_archive, [
+        {"name": "base", "bootstrap": {"variant": "custom",
+                                       "packages": ["coreutils"]}},
+        {"name": "more", "install": ["app", "exim"]}])
+    entries = lockfile.parse(text)
+    stages = {e.name: e.stage for e in entries}
+    assert stages["coreutils"] == "base" and stages["libc"] == "base"
+    assert stages["app"] == "more" and stages["libfoo"] == "more"
+    # On top of the base stage, apt installs exactly the 'more' packages.
+    base_text = "\n".join(lockfile.stanza_text(e.fields) for e in entries
+                          if e.stage == "base")
+    more = apt_simulate(root, ["install", "app", "exim"], status_of(base_text))
+    assert more == {(e.name, e.arch): e.version for e in entries
+                    if e.stage == "more"}
+
+
+def test_remove_stage_takes_out_dependents(tmp_path, test_archive):
+    text, _ = resolve_recipe(tmp_path, test_archive, [
+        {"name": "base", "bootstrap": {"variant": "custom",
+                                       "packages": ["uses-helper", "nano"]}},
+        {"name": "slim", "remove": ["helper"]},
+        {"name": "again", "install": ["helper"]}])
+    entries = lockfile.parse(text)
+    # helper was removed (and uses-helper with it), so 'again' installs it anew
+    assert [(e.name, e.stage) for e in entries if e.name == "helper"] == \
+        [("helper", "again"), ("helper", "base")]
+
+
+def test_unknown_package(tmp_path, test_archive):
+    with pytest.raises(UserError) as info:
+        resolve_recipe(tmp_path, test_archive, [
+            {"name": "base", "bootstrap": {"variant": "custom",
+                                           "packages": ["no-such-package"]}}])
+    message = info.value.format()
+    assert "unknown package 'no-such-package'" in message
+    assert "r.yaml" in message and "stage 'base'" in message
+
+
+def test_unsatisfiable_names_the_chain(tmp_path, test_archive):
+    with pytest.raises(UserError) as info:
+        resolve_recipe(tmp_path, test_archive, [
+            {"name": "base", "bootstrap": {"variant": "custom",
+                                           "packages": ["broken-app"]}}])
+    message = info.value.format()
+    assert "broken-app -> middle" in message
+    assert "missing-lib (>= 5)" in message
+    assert "missing-lib 1.0" in message
+
+
+def test_virtual_with_several_providers(tmp_path, test_archive):
+    with pytest.raises(UserError) as info:
+        resolve_recipe(tmp_path, test_archive, [
+            {"name": "base", "bootstrap": {"variant": "custom",
+                                           "packages": ["www-browser"]}}])
+    assert "provided by lynx, w3m" in info.value.format()
+
+
+def test_breaks_is_respected(tmp_path, test_archive):
+    with pytest.raises(UserError) as info:
+        resolve_recipe(tmp_path, test_archive, [
+            {"name": "base", "bootstrap": {"variant": "custom",
+                                           "packages": ["app", "plugin"]}}])
+    assert "unsatisfiable" in info.value.format()
+
+
+def test_same_inputs_same_bytes(tmp_path, test_archive):
+    stages = [{"name": "base", "bootstrap": {"variant": "required",
+                                             "packages": ["app"]}}]
+    first, _ = resolve_recipe(tmp_path / "one", test_archive, stages)
+    second, _ = resolve_recipe(tmp_path / "two", test_archive, stages)
+    assert first == second
+    names = [e.name for e in lockfile.parse(first)]
+    assert names == sorted(names)
