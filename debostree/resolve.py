@@ -212,6 +212,12 @@ class Resolution:
                             "installable version")
         return pkg
 
+    def has_package(self, name):
+        try:
+            return self.cache[name].has_versions
+        except KeyError:
+            return False
+
     def install(self, packages):
         """Mark ``packages`` for installation the way ``apt-get install`` does."""
         self.requested.extend(packages)
@@ -465,9 +471,17 @@ def resolve_stage(root, stage, state, context):
     if stage.kind == "bootstrap":
         variant = stage.options["variant"]
         requests = stage.options["packages"]
+        # The bootstrap lays out a merged /usr itself, so, as mmdebstrap
+        # does, apt sees usr-is-merged as installed while it resolves the
+        # Essential set (which would otherwise pull in usrmerge and perl),
+        # and the real usr-is-merged is installed with the rest.
+        merged_usr = LockedPackage("usr-is-merged", "all", "1", "", "",
+                                   {"Package": "usr-is-merged", "Version": "1",
+                                    "Architecture": "all",
+                                    "Multi-Arch": "foreign"})
         if variant != "custom":
-            step = Resolution(root, list(new_state.packages.values()),
-                              f"{context} (Essential set)")
+            step = Resolution(root, list(new_state.packages.values())
+                              + [merged_usr], f"{context} (Essential set)")
             if variant == "apt":
                 step.upgrade_all()
             else:
@@ -476,10 +490,13 @@ def resolve_stage(root, stage, state, context):
                 new_state.packages[pkg.key] = pkg
                 installed.append(pkg)
         priorities = _priorities(apt_pkg, variant)
-        step = Resolution(root, list(new_state.packages.values()), context)
+        step = Resolution(root, list(new_state.packages.values()) +
+                          ([merged_usr] if variant != "custom" else []), context)
         targets = step.priority_set(priorities) if priorities else []
         if priorities:
             targets.append(step.lookup(_Request("apt")))
+        if variant != "custom" and step.has_package("usr-is-merged"):
+            targets.append(step.lookup(_Request("usr-is-merged")))
         targets += [step.lookup(r) for r in requests]
         if targets:
             step.install(targets)

@@ -77,11 +77,14 @@ def status_of(text):
     return "\n".join(out)
 
 
-def mmdebstrap_like(root_dir, arch, pattern, extra=()):
+def mmdebstrap_like(root_dir, arch, pattern, extra=(), extra_merged_usr=False):
     """What mmdebstrap's apt calls install for a priority variant: the
     Essential set first, then ``pattern`` + apt + ``extra`` on top of it."""
+    # mmdebstrap's merged-usr hook installs a dummy usr-is-merged first.
+    dummy = ("Package: usr-is-merged\nStatus: install ok installed\n"
+             "Version: 1\nArchitecture: all\nMulti-Arch: foreign\n")
     essential = apt_simulate(root_dir, ["install", f"?narrow(?architecture({arch}),"
-                                        "?essential)"])
+                                        "?essential)"], dummy)
     # Describe the Essential set as installed, from the resolver's own lists.
     lists = os.path.join(root_dir, "lists")
     stanzas = []
@@ -98,7 +101,9 @@ def mmdebstrap_like(root_dir, arch, pattern, extra=()):
                     essential.pop(key)
                     essential[("done",) + key] = fields["Version"]
     installed = {k[1:]: v for k, v in essential.items()}
-    rest = apt_simulate(root_dir, ["install", "apt", f"?narrow(?architecture({arch}),"
-                                   f"?and({pattern},?not(?essential)))"]
-                        + list(extra), "\n".join(stanzas))
+    merged = ["usr-is-merged"] if extra_merged_usr else []
+    rest = apt_simulate(root_dir, ["install", "apt"] + merged +
+                        [f"?narrow(?architecture({arch}),"
+                         f"?and({pattern},?not(?essential)))"] + list(extra),
+                        "\n".join(stanzas + ([dummy] if extra_merged_usr else [])))
     return {**installed, **rest}

@@ -39,7 +39,9 @@ def test_minbase_matches_apt(tmp_path, cache, arch):
                          ["{name: base, bootstrap: {variant: minbase}}"])
     got = locked_set(text)
     assert len(got) > 80
-    assert got == mmdebstrap_like(root, arch, "?priority(required)")
+    assert got == mmdebstrap_like(root, arch, "?priority(required)",
+                                  extra_merged_usr=True)
+    assert ("usr-is-merged", "all") in got and ("usrmerge", "all") not in got
     assert all(e.sha256 and e.filename.startswith("pool/")
                for e in lockfile.parse(text))
 
