@@ -8,11 +8,25 @@ changes.
 """
 
 import glob
+import json
 import os
 import shlex
 
-from . import fetch, lockfile
+from . import fetch, lockfile, ostree
 from .ninja import Build, Graph, Raw, Rule, shell_args
+
+# Used inside the sandbox when SOURCE_DATE_EPOCH is not set at configure time
+# (2024-01-01), so that trees are reproducible by default; /etc/shadow's
+# "last changed" day and similar stamps come from it.
+DEFAULT_SOURCE_DATE_EPOCH = 1704067200
+
+MERGED_USR_LINKS = {
+    "amd64": ("bin", "sbin", "lib", "lib32", "lib64", "libx32"),
+    "i386": ("bin", "sbin", "lib", "lib64", "libx32"),
+    "ppc64el": ("bin", "sbin", "lib", "lib64"),
+    "s390x": ("bin", "sbin", "lib", "lib32"),
+    "mips64el": ("bin", "sbin", "lib", "lib32", "lib64", "libo32"),
+}
 
 
 def rel(path, top):
@@ -32,6 +46,10 @@ class GraphBuilder:
         self.top = config.top
         self.base = os.getcwd()  # where build.ninja is, and ninja runs
         self.fetched = {}   # sha256 -> pool path (one edge per .deb)
+        self.imported = {}  # sha256 -> summary path (one edge per .deb)
+        self.by_name = {r.name: r for r in recipes}
+        self.stage_outputs = {}  # (recipe, arch, stage) -> .commit path
+        self.options_written = 0
 
     def p(self, path):
         return rel(path, self.base)
@@ -43,6 +61,8 @@ class GraphBuilder:
         g.variables["builddir"] = self.p(self.config.builddir)
         g.variables["config"] = self.p(self.config.config_path)
         g.pools["fetch"] = 8
+        g.builds.append(Build([self.p(os.path.join(self.config.repo, "config"))],
+                              "init_repo"))
         tools = os.path.join(self.top, "tools")
         g.rules.append(Rule(
             "configure",
@@ -59,6 +79,26 @@ class GraphBuilder:
             f"$python {shell_args([os.path.join(tools, 'fetch-packages')])} "
             "--config $config --one $archive $filename $sha256 $size $out",
             "FETCH $package ($size_text)", {"pool": "fetch", "restat": "1"}))
+        g.rules.append(Rule(
+            "init_repo",
+            f"$python {shell_args([os.path.join(tools, 'init-repo')])} $out",
+            "INIT $out"))
+        g.rules.append(Rule(
+            "import_deb",
+            f"$python {shell_args([os.path.join(tools, 'import-deb')])} "
+            "--config $config $in $sha256 $out",
+            "IMPORT $package", {"restat": "1"}))
+        for kind in ("bootstrap", "install", "remove", "run", "copy"):
+            g.rules.append(Rule(
+                f"stage_{kind}",
+                f"$python {shell_args([os.path.join(self.top, 'stages', kind)])} "
+                "--config $config --options $options $parent_arg --out $out",
+                f"STAGE $name ({kind})", {"restat": "1"}))
+        g.rules.append(Rule(
+            "branch",
+            f"$python {shell_args([os.path.join(tools, 'commit-branch')])} "
+            "--config $config --options $options --stage $in --out $out",
+            "BRANCH $branch", {"restat": "1"}))
         g.rules.append(Rule(
             "missing_lockfile",
             "echo $message >&2; exit 1", "LOCKFILE $name"))
@@ -86,8 +126,19 @@ class GraphBuilder:
                 suffix = f"/{arch}" if len(recipe.architectures) > 1 else ""
                 phony = f"{recipe.name}{suffix}/packages"
                 g.builds.append(Build([phony], "phony", debs))
-                recipe_targets.append(phony)
                 all_fetch += debs
+                recipe_targets.append(self.branch_edge(recipe, arch))
+            if all(self.locks[(recipe.name, a)][1] is not None
+                   for a in recipe.architectures):
+                for stage in recipe.stages:
+                    outs = [self.stage_outputs[(recipe.name, a, stage.name)]
+                            for a in recipe.architectures]
+                    g.builds.append(Build([f"{recipe.name}/{stage.name}"],
+                                          "phony", outs))
+                    if len(recipe.architectures) > 1:
+                        for a, out in zip(recipe.architectures, outs):
+                            g.builds.append(Build(
+                                [f"{recipe.name}/{a}/{stage.name}"], "phony", [out]))
             g.builds.append(Build([recipe.name], "phony", recipe_targets))
             defaults.append(recipe.name)
         g.builds.append(Build(["fetch"], "phony", sorted(set(all_fetch))))
@@ -108,6 +159,130 @@ class GraphBuilder:
             }))
         return out
 
+    def stage_dir(self, recipe_name, arch):
+        return os.path.join(self.config.builddir, "stages", recipe_name, arch)
+
+    def import_edge(self, entry):
+        out = self.p(os.path.join(self.config.builddir, "pkgs",
+                                  entry.sha256 + ".json"))
+        if entry.sha256 not in self.imported:
+            self.imported[entry.sha256] = out
+            self.graph.builds.append(Build(
+                [out], "import_deb", [self.fetch_edge(entry)],
+                implicit=[self.p(os.path.join(self.config.repo, "config"))],
+                variables={"sha256": entry.sha256,
+                           "package": f"{entry.name} {entry.version}"}))
+        return out
+
+    def write_options(self, path, options):
+        """Write a stage's options file only when it changes (it is an input
+        of the stage's edge: a change reruns the stage)."""
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        text = json.dumps(options, indent=1, sort_keys=True) + "\n"
+        try:
+            with open(path, encoding="utf-8") as f:
+                if f.read() == text:
+                    return
+        except FileNotFoundError:
+            pass
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+        self.options_written += 1
+
+    def stage_edge(self, recipe, arch, stage):
+        """The edge of one stage (and, first, of the stage it starts from)."""
+        key = (recipe.name, arch, stage.name)
+        if key in self.stage_outputs:
+            return self.stage_outputs[key]
+        path, entries = self.locks[(recipe.name, arch)]
+        base = os.path.join(self.stage_dir(recipe.name, arch),
+                            ostree.encode_ref_part(stage.name))
+        out = base + ".commit"
+        options_path = base + ".options.json"
+        sde = os.environ.get("SOURCE_DATE_EPOCH")
+        options = {
+            "recipe": recipe.name, "arch": arch, "stage": stage.name,
+            "kind": stage.kind, "ref": ostree.stage_ref(recipe.name, arch, stage.name),
+            "environment": {**recipe.environment, **stage.environment},
+            "source_date_epoch": int(sde) if sde else DEFAULT_SOURCE_DATE_EPOCH,
+            "commit_timestamp": int(sde) if sde else None,
+        }
+        inputs = [options_path]
+        implicit = [os.path.join(self.top, "stages", stage.kind)]
+        parent_arg = ""
+        if stage.parent:
+            parent_recipe, parent_stage = stage.parent.split("/")
+            other = self.by_name[parent_recipe]
+            parent_out = self.stage_edge(other, arch, other.stage(parent_stage))
+            inputs.append(parent_out)
+            parent_arg = Raw("--parent " + shell_args([self.p(parent_out)]))
+        mine = [e for e in entries if e.stage == stage.name]
+        if stage.kind == "bootstrap":
+            ordered = lockfile.install_order(mine)
+            options["merged_usr_dirs"] = list(
+                MERGED_USR_LINKS.get(arch, ("bin", "sbin", "lib")))
+            options["packages"] = [{
+                "name": e.name, "version": e.version, "arch": e.arch,
+                "sha256": e.sha256,
+                "dpkg_name": f"{e.name}:{e.arch}" if e.get("Multi-Arch") == "same"
+                else e.name} for e in ordered]
+            summaries = [self.import_edge(e) for e in ordered]
+            options["summaries"] = [os.path.abspath(os.path.join(self.base, p))
+                                    for p in summaries]
+            implicit += summaries
+        elif stage.kind == "install":
+            options["packages"] = [{
+                "name": e.name, "version": e.version, "arch": e.arch,
+                "filename": e.filename, "sha256": e.sha256,
+                "pool_path": fetch.pool_path(self.config.pool, e.sha256),
+                "stanza": lockfile.stanza_text(e.fields)} for e in mine]
+            implicit += [self.fetch_edge(e) for e in mine]
+        elif stage.kind == "remove":
+            options["packages"] = list(stage.options["packages"])
+        elif stage.kind == "run":
+            options["script"] = stage.options["script"]
+        elif stage.kind == "copy":
+            items = []
+            for item in stage.options["items"]:
+                src = os.path.join(os.path.dirname(recipe.path), item.src)
+                items.append({"src_abs": src, "dest": item.dest,
+                              "owner": item.owner, "group": item.group,
+                              "mode": item.mode})
+                implicit += _source_files(src)
+            options["items"] = items
+        self.write_options(options_path, options)
+        self.graph.builds.append(Build(
+            [self.p(out)], f"stage_{stage.kind}", [self.p(i) for i in inputs],
+            implicit=[self.p(i) for i in implicit],
+            implicit_outputs=[self.p(base + ".manifest")],
+            variables={"options": Raw(shell_args([self.p(options_path)])),
+                       "parent_arg": parent_arg or Raw(""),
+                       "name": f"{recipe.name}/{stage.name}"
+                       + (f" {arch}" if len(recipe.architectures) > 1 else "")}))
+        self.stage_outputs[key] = self.p(out)
+        return self.p(out)
+
+    def branch_edge(self, recipe, arch):
+        """Commit the last stage's tree to the recipe's branch."""
+        for stage in recipe.stages:
+            self.stage_edge(recipe, arch, stage)
+        last = self.stage_outputs[(recipe.name, arch, recipe.stages[-1].name)]
+        base = os.path.join(self.config.builddir, "branches", recipe.name, arch)
+        path, _ = self.locks[(recipe.name, arch)]
+        options_path = base + ".options.json"
+        self.write_options(options_path, {
+            "recipe": recipe.name, "arch": arch, "branch": recipe.ref_for(arch),
+            "lockfile": os.path.abspath(path),
+            "commit_timestamp": int(os.environ["SOURCE_DATE_EPOCH"])
+            if os.environ.get("SOURCE_DATE_EPOCH") else None})
+        out = self.p(base + ".commit")
+        self.graph.builds.append(Build(
+            [out], "branch", [last], implicit=[self.p(options_path)],
+            variables={"options": Raw(shell_args([self.p(options_path)])),
+                       "branch": recipe.ref_for(arch)}))
+        return out
+
     def _regenerate(self):
         top = self.top
         inputs = [os.path.join(top, "configure.py"),
@@ -122,6 +297,16 @@ class GraphBuilder:
         self.graph.builds.append(Build(
             ["build.ninja"], "configure",
             implicit=[self.p(i) for i in sorted(set(inputs))]))
+
+
+def _source_files(src):
+    """A copy source's files and directories, as implicit inputs."""
+    if not os.path.isdir(src) or os.path.islink(src):
+        return [src]
+    found = [src]
+    for dirpath, dirnames, filenames in os.walk(src):
+        found += [os.path.join(dirpath, n) for n in dirnames + filenames]
+    return found
 
 
 def configure_command(args):

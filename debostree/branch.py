@@ -1,0 +1,75 @@
+"""Recipe branches: the final stage's tree as a commit on the recipe's ref.
+
+A new commit is added, with the branch's previous commit as parent, only
+when the tree differs from it.  It carries a version (``YYYYMMDD.N``, N
+counting builds of that day) and metadata naming the lockfile's SHA256 and
+the source revision (``git describe`` of the checkout).
+"""
+
+import hashlib
+import json
+import os
+import time
+
+from . import ostree, proc
+from .project import load_config
+from .stagerun import read_commit_file, write_if_changed
+
+
+def source_revision(top):
+    result = proc.run(["git", "-C", top, "describe", "--always", "--dirty",
+                       "--abbrev=12"], capture=True, check=False)
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+def next_version(previous_version, timestamp):
+    day = time.strftime("%Y%m%d", time.gmtime(timestamp))
+    if previous_version and previous_version.startswith(day + "."):
+        try:
+            return f"{day}.{int(previous_version.split('.', 1)[1]) + 1}"
+        except ValueError:
+            pass
+    return f"{day}.0"
+
+
+def commit_branch(config_path, options_path, stage_path, out_path):
+    config = load_config(config_path)
+    with open(options_path, encoding="utf-8") as f:
+        opts = json.load(f)
+    stage_commit = read_commit_file(stage_path)
+    repo = ostree.Repo(config.repo)
+    gi_repo = repo.open_gi()
+    branch = opts["branch"]
+    previous = repo.rev_parse(branch)
+    _, stage_root, _ = gi_repo.read_commit(stage_commit, None)
+    if previous:
+        _, prev_root, _ = gi_repo.read_commit(previous, None)
+        if prev_root.tree_get_contents_checksum() == stage_root.tree_get_contents_checksum() \
+                and prev_root.tree_get_metadata_checksum() == \
+                stage_root.tree_get_metadata_checksum():
+            write_if_changed(out_path, previous + "\n")
+            return previous
+    with open(opts["lockfile"], "rb") as f:
+        lock_digest = hashlib.sha256(f.read()).hexdigest()
+    timestamp = opts.get("commit_timestamp") or int(time.time())
+    prev_version = None
+    if previous:
+        _, variant, _ = gi_repo.load_commit(previous)
+        prev_version = variant.get_child_value(0).unpack().get("version")
+    version = next_version(prev_version, timestamp)
+    argv = ["ostree", "commit", f"--repo={config.repo}", f"--branch={branch}",
+            f"--tree=ref={stage_commit}", "--no-bindings", "--fsync=false",
+            f"--subject={opts['recipe']} {version}",
+            f"--add-metadata-string=version={version}",
+            f"--add-metadata-string=debostree.lockfile-sha256={lock_digest}",
+            f"--add-metadata-string=debostree.source={source_revision(config.top)}",
+            f"--add-metadata-string=debostree.recipe={opts['recipe']}",
+            f"--timestamp=@{timestamp}"]
+    if previous:
+        argv.append(f"--parent={previous}")
+    else:
+        argv.append("--parent=none")
+    commit = proc.run(argv, capture=True).stdout.strip()
+    write_if_changed(out_path, commit + "\n")
+    print(f"{branch}: {commit} (version {version})")
+    return commit

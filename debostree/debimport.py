@@ -1,0 +1,215 @@
+"""Packages as commits: one verified .deb -> two OSTree commits and a summary.
+
+Each .deb is imported once, under refs named by its SHA256:
+
+``pkg/SHA256/data``  its files, as ``dpkg --unpack`` would leave them on a
+                     merged-/usr system: ``/bin``, ``/sbin``, ``/lib*`` moved
+                     under ``/usr``, and conffiles as ``PATH.dpkg-new``;
+``pkg/SHA256/info``  its ``/var/lib/dpkg/info/PKG.*`` files: maintainer
+                     scripts, md5sums, conffiles, triggers and the ``.list``
+                     of its paths (as the package names them).
+
+The summary (``BUILDDIR/pkgs/SHA256.json``) carries the control stanza, the
+conffiles and a manifest of the data tree's owners and modes, so that
+composing a tree never reads a .deb again.  Owners and modes come from the
+tar headers; no root is needed and no emulated code runs.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+import tempfile
+
+from debian import deb822
+
+from . import manifest, ostree
+from .errors import UserError
+
+MERGED_USR_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "libo32")
+# Control members dpkg keeps in its info directory (everything but control).
+SKIP_CONTROL_MEMBERS = ("control",)
+
+
+def dpkg_name(control):
+    """The name dpkg uses for info files: NAME, or NAME:ARCH for M-A: same."""
+    name = control["Package"]
+    if control.get("Multi-Arch") == "same":
+        return f"{name}:{control['Architecture']}"
+    return name
+
+
+def merged_path(path):
+    """``./bin/ls`` -> ``usr/bin/ls`` (paths without the leading ``./``)."""
+    head, sep, rest = path.partition("/")
+    if head in MERGED_USR_DIRS:
+        return "usr/" + head + sep + rest
+    return path
+
+
+def _tar_stream(deb, flag):
+    return subprocess.Popen(["dpkg-deb", flag, deb], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def _finish(process, deb):
+    process.stdout.close()
+    err = process.stderr.read().decode(errors="replace")
+    if process.wait() != 0:
+        raise UserError(f"dpkg-deb cannot read {deb}: {err.strip()}")
+
+
+def read_control(deb, info_dir):
+    """Extract the control members; write info files; return (control, conffiles)."""
+    process = _tar_stream(deb, "--ctrl-tarfile")
+    members = {}
+    with tarfile.open(fileobj=process.stdout, mode="r|") as tar:
+        for member in tar:
+            name = member.name[2:] if member.name.startswith("./") else member.name
+            if not member.isfile() or "/" in name:
+                continue
+            members[name] = (tar.extractfile(member).read(), member.mode)
+    _finish(process, deb)
+    if "control" not in members:
+        raise UserError(f"{deb}: no control file")
+    control = deb822.Deb822(members["control"][0].decode())
+    prefix = os.path.join(info_dir, dpkg_name(control))
+    for name, (data, mode) in members.items():
+        if name in SKIP_CONTROL_MEMBERS:
+            continue
+        with open(f"{prefix}.{name}", "wb") as f:
+            f.write(data)
+        os.chmod(f"{prefix}.{name}", 0o755 if mode & 0o111 else 0o644)
+    conffiles = []
+    if "conffiles" in members:
+        for line in members["conffiles"][0].decode().splitlines():
+            line = line.strip()
+            # "remove-on-upgrade" flags (dpkg >= 1.20.1) follow the path.
+            if line.startswith("/"):
+                conffiles.append(line.split()[0])
+    return control, conffiles
+
+
+def import_deb(repo_path, deb, sha256, summary_path, tmp_root):
+    """Import ``deb`` (already verified to have ``sha256``) into the repo."""
+    repo = ostree.Repo(repo_path)
+    os.makedirs(tmp_root, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="import-", dir=tmp_root)
+    try:
+        info_dir = os.path.join(tmp, "info", "var", "lib", "dpkg", "info")
+        os.makedirs(info_dir)
+        control, conffiles = read_control(deb, info_dir)
+        conffile_set = set(conffiles)
+        conffile_md5 = {}
+        listing = ["/."]
+        entries = {}
+        data_tar = os.path.join(tmp, "data.tar")
+        process = _tar_stream(deb, "--fsys-tarfile")
+        with tarfile.open(fileobj=process.stdout, mode="r|") as src, \
+                tarfile.open(data_tar, "w", format=tarfile.PAX_FORMAT) as dst:
+            for member in src:
+                original = member.name[2:] if member.name.startswith("./") \
+                    else member.name
+                original = original.rstrip("/")
+                if not original:
+                    continue  # the root directory of the package
+                listing.append("/" + original)
+                new_name = merged_path(original)
+                if "/" + original in conffile_set and member.isfile():
+                    new_name += ".dpkg-new"
+                data = None
+                if member.isfile():
+                    data = src.extractfile(member).read()
+                    if "/" + original in conffile_set:
+                        conffile_md5[original] = hashlib.md5(data).hexdigest()
+                if member.islnk():
+                    link = member.linkname
+                    link = link[2:] if link.startswith("./") else link
+                    member.linkname = "./" + merged_path(link)
+                member.name = "./" + new_name
+                dst.addfile(member, fileobj=_Bytes(data) if data is not None else None)
+                mode = member.mode | _type_bits(member)
+                entries["/" + new_name] = manifest.Entry(
+                    "/" + new_name, mode, member.uid, member.gid,
+                    member.linkname if member.issym() else None)
+        _finish(process, deb)
+        dname = dpkg_name(control)
+        with open(os.path.join(info_dir, f"{dname}.list"), "w") as f:
+            f.write("\n".join(listing) + "\n")
+        data_commit = repo.commit_trees(
+            ostree.package_ref(sha256, "data"),
+            [f"tar={data_tar}"], f"{control['Package']} {control['Version']} data",
+            extra=["--tar-autocreate-parents"])
+        info_commit = repo.commit_trees(
+            ostree.package_ref(sha256, "info"),
+            [f"dir={os.path.join(tmp, 'info')}"],
+            f"{control['Package']} {control['Version']} dpkg info",
+            extra=["--owner-uid=0", "--owner-gid=0"])
+        info_entries = {}
+        for dirpath, dirnames, filenames in os.walk(os.path.join(tmp, "info")):
+            rel = "/" + os.path.relpath(dirpath, os.path.join(tmp, "info"))
+            rel = "/" if rel == "/." else rel
+            info_entries[rel] = manifest.Entry(rel, stat.S_IFDIR | 0o755)
+            for name in filenames:
+                st = os.lstat(os.path.join(dirpath, name))
+                path = rel.rstrip("/") + "/" + name
+                info_entries[path] = manifest.Entry(path, stat.S_IFREG |
+                                                    (st.st_mode & 0o7777))
+        summary = {
+            "sha256": sha256,
+            "package": control["Package"],
+            "version": control["Version"],
+            "architecture": control["Architecture"],
+            "dpkg_name": dname,
+            "data_commit": data_commit,
+            "info_commit": info_commit,
+            "control": str(control),
+            "conffiles": [[path, conffile_md5.get(path.lstrip("/"))]
+                          for path in conffiles],
+            "manifest": [e.to_json() for e in entries.values()],
+            "info_manifest": [e.to_json() for e in info_entries.values()],
+        }
+        tmp_summary = summary_path + ".tmp"
+        with open(tmp_summary, "w", encoding="utf-8") as f:
+            json.dump(summary, f)
+        os.replace(tmp_summary, summary_path)
+        return summary
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _Bytes:
+    """A minimal file object over bytes, for TarFile.addfile."""
+
+    def __init__(self, data):
+        self.data = data
+        self.pos = 0
+
+    def read(self, size=-1):
+        if size < 0:
+            size = len(self.data) - self.pos
+        chunk = self.data[self.pos:self.pos + size]
+        self.pos += len(chunk)
+        return chunk
+
+
+def _type_bits(member):
+    if member.isdir():
+        return stat.S_IFDIR
+    if member.issym():
+        return stat.S_IFLNK
+    if member.ischr():
+        return stat.S_IFCHR
+    if member.isblk():
+        return stat.S_IFBLK
+    if member.isfifo():
+        return stat.S_IFIFO
+    return stat.S_IFREG
+
+
+def load_summary(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

@@ -1,0 +1,118 @@
+"""Manifests: the owner, mode, link target and xattrs of every path in a tree.
+
+On disk every file of a checkout belongs to the build user; the truth about
+ownership, setuid bits and capabilities lives in a manifest that travels
+with each stage's commit.  Before a stage runs, the manifest becomes the
+fakeroot daemon's state (so the stage's commands see the real owners and
+modes); after it runs, the tree is walked under fakeroot to write the new
+manifest, which the commit then uses.
+
+A manifest file holds one JSON array a line:
+``[path, mode, uid, gid, link_target_or_null, [[xattr_name, hex_value], ...]]``
+with ``mode`` the full ``st_mode`` (type bits included), sorted by path.
+"""
+
+import json
+import os
+import stat
+from dataclasses import dataclass
+
+# Extended attributes that belong to the machinery, not to the image.
+IGNORED_XATTR_PREFIXES = ("user.ostreemeta", "user.overlay.", "trusted.overlay.",
+                          "security.selinux")
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str
+    mode: int
+    uid: int = 0
+    gid: int = 0
+    target: str = None
+    xattrs: tuple = ()  # ((name, bytes), ...)
+
+    def to_json(self):
+        return json.dumps([self.path, self.mode, self.uid, self.gid, self.target,
+                           [[n, v.hex()] for n, v in self.xattrs]],
+                          separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, line):
+        path, mode, uid, gid, target, xattrs = json.loads(line)
+        return cls(path, mode, uid, gid, target,
+                   tuple((n, bytes.fromhex(v)) for n, v in xattrs))
+
+
+def write(path, entries):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for entry in sorted(entries.values(), key=lambda e: e.path):
+            f.write(entry.to_json() + "\n")
+    os.replace(tmp, path)
+
+
+def read(path):
+    entries = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            entry = Entry.from_json(line)
+            entries[entry.path] = entry
+    return entries
+
+
+def scan(root, skip=()):
+    """Walk ``root`` (under fakeroot, to see fake owners) into a manifest."""
+    entries = {}
+    skip = set(skip)
+    root = root.rstrip("/") or "/"
+
+    def visit(real, path):
+        st = os.lstat(real)
+        target = os.readlink(real) if stat.S_ISLNK(st.st_mode) else None
+        xattrs = ()
+        if not stat.S_ISLNK(st.st_mode):
+            try:
+                names = os.listxattr(real, follow_symlinks=False)
+            except OSError:
+                names = []
+            pairs = []
+            for name in names:
+                if name.startswith(IGNORED_XATTR_PREFIXES):
+                    continue
+                try:
+                    pairs.append((name, os.getxattr(real, name,
+                                                    follow_symlinks=False)))
+                except OSError:
+                    continue
+            xattrs = tuple(sorted(pairs))
+        entries[path] = Entry(path, st.st_mode, st.st_uid, st.st_gid, target,
+                              xattrs)
+        if stat.S_ISDIR(st.st_mode):
+            for name in os.listdir(real):
+                child = (path.rstrip("/") + "/" + name)
+                if child in skip:
+                    continue
+                visit(os.path.join(real, name), child)
+
+    visit(root, "/")
+    return entries
+
+
+def fakeroot_state(root, entries):
+    """Lines of a fakeroot ``-i`` state file giving ``root``'s files the
+    owners and modes of ``entries`` (matched by path, found by dev/ino)."""
+    lines = []
+    seen = set()
+    root = root.rstrip("/")
+    for path, entry in entries.items():
+        real = root + path if path != "/" else root or "/"
+        try:
+            st = os.lstat(real)
+        except FileNotFoundError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        lines.append(f"dev={st.st_dev:x},ino={st.st_ino},mode={entry.mode:o},"
+                     f"uid={entry.uid},gid={entry.gid},nlink={st.st_nlink},rdev=0\n")
+    return "".join(lines)

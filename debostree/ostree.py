@@ -1,0 +1,177 @@
+"""The OSTree wrapper: the one place that talks to the repository.
+
+Most operations run the ``ostree`` command line through ``proc.run``.  The
+commit of a stage's result uses libostree through GObject introspection,
+because only the library lets a commit take each file's owner, mode and
+extended attributes from a manifest (the fakeroot view of the tree) rather
+than from the disk, where everything belongs to the unprivileged build user.
+
+Refs that name things the user did not (package commits, stage commits) are
+encoded: ``+``, ``:``, ``~`` and spaces are not allowed in OSTree ref names.
+"""
+
+import os
+import re
+
+from . import proc
+from .errors import UserError
+
+REF_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def encode_ref_part(text):
+    """One ref component for arbitrary text (``a b+c`` -> ``a_20b_2bc``)."""
+    out = REF_UNSAFE.sub(lambda m: "_%02x" % ord(m.group()), text.replace("_", "_5f"))
+    return out if out[:1].isalnum() else "x" + out
+
+
+def package_ref(sha256, part):
+    return f"pkg/{sha256}/{part}"
+
+
+def stage_ref(recipe, arch, stage):
+    return f"stage/{encode_ref_part(recipe)}/{arch}/{encode_ref_part(stage)}"
+
+
+class Repo:
+    def __init__(self, path):
+        self.path = os.path.abspath(path)
+
+    def ostree(self, *args, log=None, capture=True, input=None):
+        argv = ["ostree", *args, f"--repo={self.path}"]
+        result = proc.run(argv, log=log, capture=capture and log is None,
+                          input=input)
+        return (result.stdout or "").strip() if capture and log is None else ""
+
+    def ensure(self):
+        """Create the repository (bare-user: no root needed) when missing."""
+        if not os.path.exists(os.path.join(self.path, "config")):
+            os.makedirs(self.path, exist_ok=True)
+            proc.run(["ostree", "init", "--mode=bare-user", f"--repo={self.path}"])
+            # Many small commits from parallel edges: fsync per object costs
+            # more than the build, and a crash only loses what ninja redoes.
+            proc.run(["ostree", "config", f"--repo={self.path}", "set",
+                      "core.fsync", "false"])
+
+    def rev_parse(self, ref):
+        result = proc.run(["ostree", "rev-parse", f"--repo={self.path}", ref],
+                          capture=True, check=False)
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    def set_ref(self, ref, checksum):
+        proc.run(["ostree", "refs", f"--repo={self.path}", "--create", ref,
+                  checksum, "--force"], capture=True)
+
+    def tree_of(self, checksum):
+        """The root dirtree+dirmeta of a commit: equal trees, equal values."""
+        import gi
+        gi.require_version("OSTree", "1.0")
+        from gi.repository import OSTree
+        repo = self.open_gi()
+        _, variant, _ = repo.load_commit(checksum)
+        return (bytes(variant.get_child_value(6).get_data_as_bytes().get_data()).hex(),
+                bytes(variant.get_child_value(7).get_data_as_bytes().get_data()).hex())
+
+    def open_gi(self):
+        import gi
+        gi.require_version("OSTree", "1.0")
+        from gi.repository import Gio, OSTree
+        repo = OSTree.Repo.new(Gio.File.new_for_path(self.path))
+        repo.open(None)
+        return repo
+
+    def checkout(self, checksum, dest, log=None):
+        """Check out with hardlinks into the repository's objects."""
+        proc.run(["ostree", "checkout", f"--repo={self.path}", "-U", "-H",
+                  "--require-hardlinks", checksum, dest],
+                 log=log, capture=log is None)
+
+    def commit_trees(self, branch, trees, subject, log=None, parent=None,
+                     timestamp=None, extra=()):
+        """Merge ``trees`` (``ref=...``, ``dir=...``, ``tar=...``) into one commit.
+
+        Merging ``ref=`` trees is metadata-only: no file content is read.
+        """
+        argv = ["ostree", "commit", f"--repo={self.path}", f"--branch={branch}",
+                f"--subject={subject}", "--no-bindings", "--fsync=false"]
+        if parent:
+            argv.append(f"--parent={parent}")
+        if timestamp is not None:
+            argv.append(f"--timestamp=@{int(timestamp)}")
+        argv += list(extra) + [f"--tree={t}" for t in trees]
+        result = proc.run(argv, log=log, capture=log is None)
+        if log is None:
+            return result.stdout.strip()
+        return self.rev_parse(branch)
+
+    def fsck(self):
+        return proc.run(["ostree", "fsck", f"--repo={self.path}"], capture=True,
+                        check=False)
+
+
+def commit_directory(repo_path, root, manifest, branch, subject, parent=None,
+                     timestamp=None, metadata=None, skip=()):
+    """Commit directory ``root`` with metadata from ``manifest`` (libostree).
+
+    ``manifest`` maps '/path' -> manifest.Entry (owner, mode, xattrs as the
+    fakeroot session saw them).  Paths in ``skip`` (and below them) are left
+    out.  Returns ``(commit checksum, changed)``: when the tree equals the
+    parent's, no commit is made and the parent is returned.
+    """
+    import gi
+    gi.require_version("OSTree", "1.0")
+    from gi.repository import Gio, GLib, OSTree
+
+    repo = OSTree.Repo.new(Gio.File.new_for_path(repo_path))
+    repo.open(None)
+    skip = tuple(skip)
+    skip_below = tuple(s + "/" for s in skip)
+
+    def filter_cb(_repo, path, info):
+        if path in skip or path.startswith(skip_below):
+            return OSTree.RepoCommitFilterResult.SKIP
+        entry = manifest.get(path)
+        if entry is not None:
+            info.set_attribute_uint32("unix::uid", entry.uid)
+            info.set_attribute_uint32("unix::gid", entry.gid)
+            info.set_attribute_uint32("unix::mode", entry.mode)
+        return OSTree.RepoCommitFilterResult.ALLOW
+
+    def xattr_cb(_repo, path, _file):
+        entry = manifest.get(path)
+        pairs = [] if entry is None else [
+            (name.encode() + b"\0", value) for name, value in sorted(entry.xattrs)]
+        return GLib.Variant("a(ayay)", pairs)
+
+    modifier = OSTree.RepoCommitModifier.new(
+        OSTree.RepoCommitModifierFlags.NONE, filter_cb)
+    modifier.set_xattr_callback(xattr_cb)
+    repo.prepare_transaction(None)
+    try:
+        mtree = OSTree.MutableTree.new()
+        repo.write_directory_to_mtree(Gio.File.new_for_path(root), mtree,
+                                      modifier, None)
+        _, root_file = repo.write_mtree(mtree, None)
+        if parent:
+            _, parent_root, _ = repo.read_commit(parent, None)
+            if parent_root.equal(root_file) or (
+                    root_file.tree_get_contents_checksum() ==
+                    parent_root.tree_get_contents_checksum() and
+                    root_file.tree_get_metadata_checksum() ==
+                    parent_root.tree_get_metadata_checksum()):
+                repo.abort_transaction(None)
+                return parent, False
+        meta = GLib.Variant("a{sv}", {k: GLib.Variant("s", v)
+                                      for k, v in (metadata or {}).items()})
+        if timestamp is None:
+            _, checksum = repo.write_commit(parent, subject, None, meta,
+                                            root_file, None)
+        else:
+            _, checksum = repo.write_commit_with_time(
+                parent, subject, None, meta, root_file, int(timestamp), None)
+        repo.transaction_set_ref(None, branch, checksum)
+        repo.commit_transaction(None)
+        return checksum, True
+    except GLib.Error as error:
+        repo.abort_transaction(None)
+        raise UserError(f"ostree commit of {root} failed: {error.message}")

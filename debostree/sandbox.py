@@ -1,0 +1,125 @@
+"""Command lines for the sandbox: user namespace, overlay, fakeroot, bubblewrap.
+
+Pure functions that build argv lists and environments; they know nothing of
+OSTree or recipes, so they are tested without running anything.
+
+The layers of a stage, outside in:
+
+1. ``unshare --user --map-root-user --mount``: an unprivileged user and mount
+   namespace, in which the build user is root and may mount an overlay;
+2. an overlay whose lower layer is the hardlinked checkout, so that a
+   command writing into a file in place (``>>``, ``truncate``) writes a copy
+   in the upper layer and can never touch the repository's objects;
+3. ``faked`` holding the tree's real owners, modes and xattrs, and the
+   ``libfakeroot`` preload library in every process of the stage;
+4. ``bwrap`` with the overlay as ``/``: no network, fresh ``/tmp`` and
+   ``/run``, ``/proc``, a minimal ``/dev``, its own PID and UTS namespaces.
+"""
+
+import os
+import shlex
+import shutil
+
+FAKEROOT_LIB_DIRS = {
+    "amd64": "/usr/lib/x86_64-linux-gnu/libfakeroot",
+    "arm64": "/usr/lib/aarch64-linux-gnu/libfakeroot",
+    "armhf": "/usr/lib/arm-linux-gnueabihf/libfakeroot",
+    "armel": "/usr/lib/arm-linux-gnueabi/libfakeroot",
+    "i386": "/usr/lib/i386-linux-gnu/libfakeroot",
+    "ppc64el": "/usr/lib/powerpc64le-linux-gnu/libfakeroot",
+    "riscv64": "/usr/lib/riscv64-linux-gnu/libfakeroot",
+    "s390x": "/usr/lib/s390x-linux-gnu/libfakeroot",
+    "mips64el": "/usr/lib/mips64el-linux-gnuabi64/libfakeroot",
+}
+FAKEROOT_LIB = "libfakeroot-sysv.so"
+CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def unshare_argv(inner_argv):
+    """Run ``inner_argv`` as root of a new user and mount namespace."""
+    return ["unshare", "--user", "--map-root-user", "--mount",
+            "--propagation", "private", "--"] + list(inner_argv)
+
+
+def overlay_mount_argv(lower, upper, work, target):
+    # userxattr: the unprivileged overlay keeps its bookkeeping in user.*
+    # xattrs; it needs lower files owned by the (mapped) build user.
+    options = f"userxattr,lowerdir={lower},upperdir={upper},workdir={work}"
+    return ["mount", "-t", "overlay", "overlay", "-o", options, target]
+
+
+def faked_argv(save_file=None):
+    argv = ["faked-sysv", "--load"]
+    if save_file:
+        argv += ["--save-file", save_file]
+    return argv
+
+
+def fakeroot_env(key, lib_dir, base=None):
+    """Environment that puts a process under the fakeroot daemon ``key``."""
+    env = dict(base or {})
+    env.update({
+        "FAKEROOTKEY": str(key),
+        "LD_PRELOAD": os.path.join(lib_dir, FAKEROOT_LIB),
+        "FAKED_MODE": "unknown-is-root",
+        # Never attempt real chown: in the namespace only root is mapped.
+        "FAKEROOTDONTTRYCHOWN": "1",
+    })
+    return env
+
+
+def chroot_env(extra, fakeroot_key, lib_dir, source_date_epoch):
+    env = {
+        "PATH": CHROOT_PATH,
+        "HOME": "/root",
+        "LC_ALL": "C",
+        "TERM": "dumb",
+        "SHELL": "/bin/sh",
+        "DEBIAN_FRONTEND": "noninteractive",
+        "DEBCONF_NONINTERACTIVE_SEEN": "true",
+        "SOURCE_DATE_EPOCH": str(source_date_epoch),
+    }
+    env.update(extra)
+    return fakeroot_env(fakeroot_key, lib_dir, env)
+
+
+def bwrap_argv(target, command, env, binds=(), ro_binds=(), hostname="debostree"):
+    """bubblewrap with ``target`` as the root; ``command`` runs inside it.
+
+    ``binds``/``ro_binds``: (host path, path inside) pairs.
+    """
+    argv = ["bwrap", "--bind", target, "/",
+            "--dev", "/dev", "--proc", "/proc",
+            "--tmpfs", "/tmp", "--tmpfs", "/run",
+            # No --unshare-ipc: the fakeroot daemon is reached through SysV
+            # message queues of the namespace it was started in.
+            "--unshare-net", "--unshare-pid", "--unshare-uts",
+            "--hostname", hostname, "--die-with-parent",
+            "--chdir", "/", "--clearenv"]
+    for host, inside in ro_binds:
+        argv += ["--ro-bind", host, inside]
+    for host, inside in binds:
+        argv += ["--bind", host, inside]
+    for name, value in sorted(env.items()):
+        argv += ["--setenv", name, value]
+    return argv + ["--"] + list(command)
+
+
+def shell_script(lines):
+    return "set -e\n" + "\n".join(lines) + "\n"
+
+
+def missing_tools(arch, host_arch="amd64"):
+    """Host tools a stage needs that are not installed, with their packages."""
+    needs = {"unshare": "util-linux", "bwrap": "bubblewrap",
+             "faked-sysv": "fakeroot", "ostree": "ostree", "mount": "mount"}
+    missing = [f"{tool} (apt-get install {pkg})" for tool, pkg in needs.items()
+               if shutil.which(tool) is None]
+    if not os.path.exists(os.path.join(FAKEROOT_LIB_DIRS.get(host_arch, ""),
+                                       FAKEROOT_LIB)):
+        missing.append("libfakeroot (apt-get install fakeroot)")
+    return missing
+
+
+def quote(argv):
+    return shlex.join(argv)

@@ -1,0 +1,499 @@
+"""Running one stage: check out, run in the sandbox, commit, report.
+
+``run_stage`` is what every ``stages/KIND`` executable calls.  On the host it
+checks out the parent tree (hardlinks), then re-runs itself (``inner``)
+inside an unprivileged user and mount namespace where it mounts the overlay,
+starts the fakeroot daemon from the parent's manifest, runs the stage's work
+in bubblewrap, scans the result under fakeroot into a new manifest, and
+commits it with libostree.  Back outside, the stage's output file (the commit
+checksum) is rewritten only when the tree changed, which is what lets ninja
+skip everything after a stage that produced the same tree (``restat``).
+
+A failing stage moves no ref and leaves the previous output file alone; the
+full log is under ``BUILDDIR/logs/``.
+"""
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+from . import debimport, manifest, ostree, proc, sandbox
+from .errors import UserError
+from .project import load_config
+
+# What a stage never leaves in a tree: logs, caches and backups that differ
+# from run to run (documented in docs/recipes.md).
+VOLATILE = (
+    "/var/log/dpkg.log", "/var/log/alternatives.log", "/var/log/apt/history.log",
+    "/var/log/apt/term.log", "/var/log/apt/eipp.log.xz",
+    "/var/cache/ldconfig/aux-cache", "/var/cache/apt/pkgcache.bin",
+    "/var/cache/apt/srcpkgcache.bin", "/var/cache/debconf/config.dat-old",
+    "/var/cache/debconf/templates.dat-old", "/var/cache/debconf/passwords.dat-old",
+    "/var/lib/dpkg/status-old", "/var/lib/dpkg/diversions-old",
+    "/var/lib/dpkg/statoverride-old", "/var/lib/dpkg/lock",
+    "/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/triggers/Lock",
+    "/var/lib/apt/lists/lock", "/var/cache/apt/archives/lock",
+    "/etc/passwd-", "/etc/group-", "/etc/shadow-", "/etc/gshadow-",
+    "/etc/subuid-", "/etc/subgid-",
+)
+# Directories whose contents are never committed (mount points in the sandbox).
+EMPTY_DIRS = ("/dev", "/proc", "/sys", "/run", "/tmp")
+POLICY_RC_D = "/usr/sbin/policy-rc.d"
+
+
+def _rmtree(path):
+    """Remove a work directory, including overlay work dirs of mode 000."""
+    def fix(func, p, _exc):
+        try:
+            os.chmod(os.path.dirname(p), 0o700)
+            os.chmod(p, 0o700)
+        except OSError:
+            pass
+        try:
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p, onerror=fix)
+            else:
+                os.unlink(p)
+        except FileNotFoundError:
+            pass
+    if os.path.lexists(path):
+        shutil.rmtree(path, onerror=fix)
+
+
+def read_commit_file(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read().split()[0]
+
+
+def write_if_changed(path, text):
+    try:
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text:
+                return False
+    except FileNotFoundError:
+        pass
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return True
+
+
+class Stage:
+    """One stage run, from the options file configure wrote for it."""
+
+    def __init__(self, config_path, options_path, parent_path, out_path):
+        self.config = load_config(config_path)
+        with open(options_path, encoding="utf-8") as f:
+            self.opts = json.load(f)
+        self.parent_path = parent_path
+        self.out_path = os.path.abspath(out_path)
+        self.repo = ostree.Repo(self.config.repo)
+        name = f"{self.opts['recipe']}/{self.opts['arch']}/{self.opts['stage']}"
+        self.work = os.path.join(self.config.builddir, "work", name)
+        self.log = os.path.join(self.config.builddir, "logs", name + ".log")
+
+    # -- outside the namespace ---------------------------------------------
+    def run(self):
+        started = time.monotonic()
+        missing = sandbox.missing_tools(self.opts["arch"])
+        if missing:
+            raise UserError("missing host tools: " + ", ".join(missing),
+                            hint="run tools/setup-host")
+        self.repo.ensure()
+        os.makedirs(os.path.dirname(self.log), exist_ok=True)
+        with open(self.log, "w") as f:
+            f.write(f"stage {self.opts['recipe']}/{self.opts['stage']} "
+                    f"({self.opts['kind']}, {self.opts['arch']})\n")
+        _rmtree(self.work)
+        os.makedirs(self.work)
+        try:
+            base, base_manifest = self.prepare_base()
+            lower = os.path.join(self.work, "lower")
+            self.repo.checkout(base, lower, log=self.log)
+            manifest.write(os.path.join(self.work, "base.manifest"), base_manifest)
+            with open(os.path.join(self.work, "base.commit"), "w") as f:
+                f.write(base + "\n")
+            inner = [sys.executable, "-m", "debostree.stagerun", "inner",
+                     self.config.config_path, self.options_path_abs(),
+                     self.work]
+            env = {**os.environ, "PYTHONPATH": self.config.top}
+            proc.run(sandbox.unshare_argv(inner), log=self.log, env=env)
+            with open(os.path.join(self.work, "result.json")) as f:
+                result = json.load(f)
+            commit = result["commit"]
+            out_manifest = self.out_path[:-len(".commit")] + ".manifest" \
+                if self.out_path.endswith(".commit") else self.out_path + ".manifest"
+            shutil.copyfile(os.path.join(self.work, "result.manifest"),
+                            out_manifest + ".tmp")
+            os.replace(out_manifest + ".tmp", out_manifest)
+            changed = write_if_changed(self.out_path, commit + "\n")
+            elapsed = time.monotonic() - started
+            with open(self.log, "a") as f:
+                f.write(f"commit {commit} ({'changed' if changed else 'unchanged'}"
+                        f", {elapsed:.1f} s)\n")
+        finally:
+            _rmtree(self.work)
+
+    def options_path_abs(self):
+        path = os.path.join(self.work, "options.json")
+        with open(path, "w") as f:
+            json.dump(self.opts, f)
+        return path
+
+    def prepare_base(self):
+        """The commit the stage starts from, and its manifest."""
+        if self.opts["kind"] != "bootstrap":
+            parent = read_commit_file(self.parent_path)
+            parent_manifest = self.parent_path[:-len(".commit")] + ".manifest"
+            return parent, manifest.read(parent_manifest)
+        return self.compose()
+
+    def compose(self):
+        """Merge the packages' commits into an unpacked tree (metadata only)."""
+        summaries = [debimport.load_summary(p) for p in self.opts["summaries"]]
+        skel = os.path.join(self.work, "skeleton")
+        entries = {}
+
+        def add_dir(path, mode=0o755):
+            os.makedirs(skel + path, exist_ok=True)
+            os.chmod(skel + path, mode)
+            entries[path] = manifest.Entry(path, stat.S_IFDIR | mode)
+
+        add_dir("/")
+        add_dir("/usr")
+        for name in self.opts["merged_usr_dirs"]:
+            add_dir(f"/usr/{name}")
+            os.symlink(f"usr/{name}", skel + "/" + name)
+            entries["/" + name] = manifest.Entry("/" + name, stat.S_IFLNK | 0o777,
+                                                 target=f"usr/{name}")
+        for path in ("/var", "/var/lib", "/var/lib/dpkg", "/var/lib/dpkg/info",
+                     "/var/lib/dpkg/updates", "/var/lib/dpkg/alternatives",
+                     "/var/lib/dpkg/triggers", "/var/lib/dpkg/parts",
+                     "/etc", "/etc/apt", "/etc/apt/apt.conf.d",
+                     "/etc/apt/sources.list.d", "/etc/apt/preferences.d",
+                     "/etc/apt/trusted.gpg.d", "/var/cache", "/var/cache/apt",
+                     "/var/cache/apt/archives", "/var/cache/apt/archives/partial",
+                     "/var/lib/apt", "/var/lib/apt/lists",
+                     "/var/lib/apt/lists/partial", "/var/log", "/tmp"):
+            add_dir(path, 0o1777 if path == "/tmp" else 0o755)
+
+        def add_file(path, text, mode=0o644):
+            with open(skel + path, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.chmod(skel + path, mode)
+            entries[path] = manifest.Entry(path, stat.S_IFREG | mode)
+
+        status = []
+        triggers_file = []
+        interests = {}
+        for summary in summaries:
+            control = summary["control"].rstrip("\n").split("\n")
+            lines = [control[0], "Status: install ok unpacked"] + control[1:]
+            if summary["conffiles"]:
+                lines.append("Conffiles:")
+                lines += [f" {path} newconffile" for path, _ in summary["conffiles"]]
+            status.append("\n".join(lines) + "\n")
+        for path, text in (("/var/lib/dpkg/status", "\n".join(status)),
+                           ("/var/lib/dpkg/available", ""),
+                           ("/var/lib/dpkg/diversions", ""),
+                           ("/var/lib/dpkg/statoverride", ""),
+                           ("/var/lib/dpkg/arch", self.opts["arch"] + "\n"),
+                           ("/var/lib/dpkg/triggers/File", "".join(triggers_file)),
+                           ("/var/lib/dpkg/triggers/Unincorp", "")):
+            add_file(path, text)
+        del interests
+        trees = [f"dir={skel}"]
+        for summary in summaries:
+            trees.append(f"ref={ostree.package_ref(summary['sha256'], 'data')}")
+            trees.append(f"ref={ostree.package_ref(summary['sha256'], 'info')}")
+            for line in summary["manifest"]:
+                entry = manifest.Entry.from_json(line)
+                entries[entry.path] = entry
+            for line in summary["info_manifest"]:
+                entry = manifest.Entry.from_json(line)
+                entries[entry.path] = entry
+        # The skeleton's directories stay as they are under packages' ones.
+        commit = self.repo.commit_trees(
+            f"tmp/{self.opts['ref']}/unpacked", trees,
+            f"{self.opts['recipe']}/{self.opts['stage']}: packages unpacked",
+            log=self.log, extra=["--owner-uid=0", "--owner-gid=0"])
+        return commit, entries
+
+
+# -- inside the namespace ----------------------------------------------------
+def inner(config_path, options_path, work):
+    config = load_config(config_path)
+    with open(options_path, encoding="utf-8") as f:
+        opts = json.load(f)
+    lower = os.path.join(work, "lower")
+    upper = os.path.join(work, "upper")
+    ovl = os.path.join(work, "ovl")
+    target = os.path.join(work, "target")
+    for d in (upper, ovl, target):
+        os.makedirs(d, exist_ok=True)
+    proc.run(sandbox.overlay_mount_argv(lower, upper, ovl, target))
+    base_manifest = manifest.read(os.path.join(work, "base.manifest"))
+    with open(os.path.join(work, "base.commit")) as f:
+        base_commit = f.read().strip()
+    state = manifest.fakeroot_state(target, base_manifest)
+    faked = subprocess.Popen(sandbox.faked_argv(), stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    key_pid = faked.communicate(state)[0].strip()
+    key, _, pid = key_pid.partition(":")
+    if not key:
+        raise UserError("the fakeroot daemon did not start")
+    host_lib = sandbox.FAKEROOT_LIB_DIRS["amd64"]
+    try:
+        run_in_fakeroot(config, opts, work, target, key, host_lib, base_manifest)
+        result_manifest = manifest.read(os.path.join(work, "result.manifest"))
+    finally:
+        try:
+            os.kill(int(pid), signal.SIGTERM)
+        except (ValueError, ProcessLookupError):
+            pass
+    skip = set(VOLATILE)
+    for d in EMPTY_DIRS:
+        if d in result_manifest:
+            skip.update(p for p in result_manifest if p.startswith(d + "/"))
+    previous = config_ref_commit(config, opts["ref"])
+    commit, changed = ostree.commit_directory(
+        config.repo, target, result_manifest, opts["ref"],
+        f"{opts['recipe']}/{opts['stage']} ({opts['kind']})",
+        parent=previous, timestamp=opts.get("commit_timestamp"),
+        metadata={"debostree.stage": f"{opts['recipe']}/{opts['stage']}",
+                  "debostree.base": base_commit},
+        skip=sorted(skip))
+    for path in skip:
+        result_manifest.pop(path, None)
+    manifest.write(os.path.join(work, "result.manifest"), result_manifest)
+    with open(os.path.join(work, "result.json"), "w") as f:
+        json.dump({"commit": commit, "changed": changed}, f)
+
+
+def config_ref_commit(config, ref):
+    return ostree.Repo(config.repo).rev_parse(ref)
+
+
+def run_in_fakeroot(config, opts, work, target, key, host_lib, base_manifest):
+    """Everything that must see the fakeroot view: prepare, run, scan."""
+    env = sandbox.fakeroot_env(key, host_lib, os.environ)
+    helper = [sys.executable, "-m", "debostree.stagerun"]
+    # Restore xattrs (fakeroot keeps them in memory only) and do the
+    # host-side parts of the stage (copies, helper files).
+    proc.run(helper + ["prepare", options_path_of(work), work, target], env=env)
+    command = stage_command(opts)
+    if command:
+        lib_dir = sandbox.FAKEROOT_LIB_DIRS[opts["arch"]]
+        created = _missing_ancestor(target, lib_dir)
+        chroot_env = sandbox.chroot_env(
+            {**opts.get("environment", {})}, key, lib_dir,
+            opts["source_date_epoch"])
+        ro_binds = [(host_lib, lib_dir), (os.path.join(work, "run"),
+                                          "/run/debostree")]
+        argv = sandbox.bwrap_argv(target, command, chroot_env, ro_binds=ro_binds)
+        try:
+            print("$ " + " ".join(command), flush=True)
+            proc.run(argv)
+        finally:
+            if created:
+                _rmtree(target + created)
+    proc.run(helper + ["finish", options_path_of(work), work, target], env=env)
+
+
+def options_path_of(work):
+    return os.path.join(work, "options.json")
+
+
+def _missing_ancestor(root, path):
+    """The topmost missing directory of ``path`` under ``root``, or None."""
+    parts = path.strip("/").split("/")
+    for i in range(1, len(parts) + 1):
+        candidate = "/" + "/".join(parts[:i])
+        if not os.path.lexists(root + candidate):
+            return candidate
+    return None
+
+
+def stage_command(opts):
+    """The command run inside the sandbox for a stage kind (or None)."""
+    kind = opts["kind"]
+    if kind == "run":
+        return ["/bin/sh", "-c", "set -e\n" + opts["script"]]
+    if kind in ("bootstrap", "install", "remove"):
+        return ["/bin/sh", "-e", "/run/debostree/script"]
+    return None
+
+
+def _write_run_files(opts, work, target):
+    """Files the stage's command reads under /run/debostree."""
+    run = os.path.join(work, "run")
+    os.makedirs(run, exist_ok=True)
+    kind = opts["kind"]
+    lines = []
+    if kind == "bootstrap":
+        for pkg in opts["packages"]:
+            preinst = f"/var/lib/dpkg/info/{pkg['dpkg_name']}.preinst"
+            if os.path.exists(target + preinst):
+                lines.append(
+                    f"DPKG_MAINTSCRIPT_PACKAGE={pkg['name']} "
+                    f"DPKG_MAINTSCRIPT_ARCH={pkg['arch']} "
+                    f"DPKG_MAINTSCRIPT_NAME=preinst DPKG_ADMINDIR=/var/lib/dpkg "
+                    f"DPKG_ROOT= DPKG_RUNNING_VERSION=$(dpkg-query -W -f='${{Version}}' dpkg) "
+                    f"{preinst} install")
+        lines.append("dpkg --configure -a")
+    elif kind == "install":
+        apt_dir = os.path.join(run, "apt")
+        os.makedirs(apt_dir)
+        with open(os.path.join(apt_dir, "Packages"), "w") as f:
+            f.write("\n".join(p["stanza"] for p in opts["packages"]))
+        for pkg in opts["packages"]:
+            link = os.path.join(apt_dir, pkg["filename"])
+            os.makedirs(os.path.dirname(link), exist_ok=True)
+            try:
+                os.link(pkg["pool_path"], link)
+            except OSError:
+                shutil.copyfile(pkg["pool_path"], link)
+        with open(os.path.join(apt_dir, "sources.list"), "w") as f:
+            f.write("deb [trusted=yes] file:/run/debostree/apt ./\n")
+        apt = ("apt-get -o Dir::Etc::SourceList=/run/debostree/apt/sources.list "
+               "-o Dir::Etc::SourceParts=/run/debostree/none "
+               "-o Dir::State::Lists=/tmp/lists -o Dir::Cache::Archives=/tmp/archives "
+               "-o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= "
+               "-o APT::Sandbox::User=root -o Acquire::Languages=none")
+        names = " ".join(f"{p['name']}:{p['arch'] if p['arch'] != 'all' else opts['arch']}"
+                         f"={p['version']}" if p["arch"] != "all" else
+                         f"{p['name']}={p['version']}" for p in opts["packages"])
+        lines += ["mkdir -p /tmp/lists/partial /tmp/archives/partial",
+                  f"{apt} update",
+                  f"{apt} install -y --no-install-recommends {names}"]
+    elif kind == "remove":
+        names = " ".join(opts["packages"])
+        lines.append(f"if command -v apt-get >/dev/null; then "
+                     f"apt-get -o Dir::State::Lists=/tmp/lists -o Dir::Cache::pkgcache= "
+                     f"-o Dir::Cache::srcpkgcache= purge -y {names}; "
+                     f"else dpkg --purge {names}; fi")
+    with open(os.path.join(run, "script"), "w") as f:
+        f.write(sandbox.shell_script(lines))
+
+
+def prepare(options_path, work, target):
+    """Under fakeroot, on the host side: xattrs, copies, policy-rc.d."""
+    with open(options_path, encoding="utf-8") as f:
+        opts = json.load(f)
+    base_manifest = manifest.read(os.path.join(work, "base.manifest"))
+    for path, entry in base_manifest.items():
+        for name, value in entry.xattrs:
+            try:
+                os.setxattr(target + path, name, value, follow_symlinks=False)
+            except OSError as error:
+                raise UserError(f"cannot restore xattr {name} on {path}: {error}")
+    if opts["kind"] == "copy":
+        copy_items(opts, target)
+    _write_run_files(opts, work, target)
+    policy = target + POLICY_RC_D
+    if opts["kind"] != "copy" and not os.path.lexists(policy) and \
+            os.path.isdir(os.path.dirname(policy)):
+        # Keep services from starting while packages are configured.
+        with open(policy, "w") as f:
+            f.write("#!/bin/sh\nexit 101\n")
+        os.chmod(policy, 0o755)
+        open(os.path.join(work, "policy-rc.d-created"), "w").close()
+
+
+def _id_of(target, name, database, keypath):
+    if name.isdigit():
+        return int(name)
+    try:
+        with open(target + database, encoding="utf-8") as f:
+            for line in f:
+                fields = line.split(":")
+                if fields[0] == name:
+                    return int(fields[2])
+    except OSError:
+        pass
+    raise UserError(f"{keypath}: no {'user' if 'passwd' in database else 'group'} "
+                    f"'{name}' in the image's {database}",
+                    hint="create it in an earlier stage, or use a number")
+
+
+def copy_items(opts, target):
+    for item in opts["items"]:
+        uid = _id_of(target, item["owner"], "/etc/passwd", item["dest"])
+        gid = _id_of(target, item["group"], "/etc/group", item["dest"])
+        dest = target + item["dest"]
+        src = item["src_abs"]
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        if os.path.isdir(src) and not os.path.islink(src):
+            shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
+            paths = [dest]
+            for dirpath, dirnames, filenames in os.walk(dest):
+                paths += [os.path.join(dirpath, n) for n in dirnames + filenames]
+        else:
+            if os.path.lexists(dest) and not os.path.isdir(dest):
+                os.unlink(dest)  # never write into a (hardlinked) file in place
+            if os.path.isdir(dest):
+                dest = os.path.join(dest, os.path.basename(src))
+            shutil.copy(src, dest, follow_symlinks=False)
+            paths = [dest]
+        for path in paths:
+            os.chown(path, uid, gid, follow_symlinks=False)
+            if item.get("mode") and not os.path.islink(path):
+                mode = int(item["mode"], 8)
+                if os.path.isdir(path) and path != dest:
+                    continue
+                os.chmod(path, mode)
+
+
+def finish(options_path, work, target):
+    """Under fakeroot: drop helper files and volatile paths, scan the tree."""
+    if os.path.exists(os.path.join(work, "policy-rc.d-created")):
+        os.unlink(target + POLICY_RC_D)
+    for path in VOLATILE:
+        if os.path.lexists(target + path) and not os.path.isdir(target + path):
+            os.unlink(target + path)
+    entries = manifest.scan(target)
+    manifest.write(os.path.join(work, "result.manifest"), entries)
+
+
+def cli(kind):
+    """The command line of ``stages/KIND``."""
+    import argparse
+    from .errors import cli_main
+
+    def main(argv):
+        parser = argparse.ArgumentParser(prog=kind)
+        parser.add_argument("--config", required=True)
+        parser.add_argument("--options", required=True)
+        parser.add_argument("--parent")
+        parser.add_argument("--out", required=True)
+        args = parser.parse_args(argv)
+        stage = Stage(args.config, args.options, args.parent, args.out)
+        if stage.opts["kind"] != kind:
+            raise UserError(f"options are for a '{stage.opts['kind']}' stage")
+        stage.run()
+        return 0
+    cli_main(main)
+
+
+def main(argv):
+    command = argv[0]
+    if command == "inner":
+        inner(*argv[1:])
+    elif command == "prepare":
+        prepare(*argv[1:])
+    elif command == "finish":
+        finish(*argv[1:])
+    else:
+        raise SystemExit(f"unknown command {command}")
+    return 0
+
+
+if __name__ == "__main__":
+    from .errors import cli_main
+    cli_main(main)
