@@ -175,3 +175,174 @@ def commit_directory(repo_path, root, manifest, branch, subject, parent=None,
     except GLib.Error as error:
         repo.abort_transaction(None)
         raise UserError(f"ostree commit of {root} failed: {error.message}")
+
+
+def _gi():
+    import gi
+    gi.require_version("OSTree", "1.0")
+    from gi.repository import Gio, GLib, OSTree
+    return Gio, GLib, OSTree
+
+
+def _xattr_variant(GLib, entry):
+    return GLib.Variant("a(ayay)", [(name.encode() + b"\0", value)
+                                    for name, value in sorted(entry.xattrs)])
+
+
+def _file_info(Gio, entry, size=0):
+    import stat as stat_mod
+    info = Gio.FileInfo()
+    if stat_mod.S_ISDIR(entry.mode):
+        ftype = Gio.FileType.DIRECTORY
+    elif stat_mod.S_ISLNK(entry.mode):
+        ftype = Gio.FileType.SYMBOLIC_LINK
+        info.set_attribute_byte_string("standard::symlink-target", entry.target)
+    else:
+        ftype = Gio.FileType.REGULAR
+    info.set_attribute_uint32("standard::type", int(ftype))
+    info.set_size(size)
+    info.set_attribute_uint32("unix::uid", entry.uid)
+    info.set_attribute_uint32("unix::gid", entry.gid)
+    info.set_attribute_uint32("unix::mode", entry.mode)
+    return info
+
+
+def commit_changes(repo_path, base_commit, target, upper, base_manifest,
+                   result_manifest, branch, subject, parent=None,
+                   timestamp=None, metadata=None):
+    """Commit the stage's result as the base commit plus what changed.
+
+    What changed is known without reading the unchanged files: the overlay's
+    upper layer holds every file written or created (and whiteouts for
+    deletions), and the two manifests differ where only owner, mode or xattrs
+    changed.  Only those paths are read and written; everything else keeps
+    its object from the base commit.  Returns ``(commit, changed)``; when the
+    tree equals the parent's, the parent is returned and nothing is written.
+    """
+    import stat as stat_mod
+    Gio, GLib, OSTree = _gi()
+    repo = OSTree.Repo.new(Gio.File.new_for_path(repo_path))
+    repo.open(None)
+    repo.prepare_transaction(None)
+    try:
+        root = OSTree.MutableTree.new_from_commit(repo, base_commit)
+        dirs = {"/": root}
+
+        def mdir(path, create=True):
+            if path in dirs:
+                return dirs[path]
+            parent_path, _, name = path.rpartition("/")
+            parent = mdir(parent_path or "/", create)
+            if parent is None:
+                return None
+            try:
+                _, file_csum, sub = parent.lookup(name)
+            except GLib.Error:
+                file_csum, sub = None, None
+            if sub is None:
+                if not create:
+                    return None
+                if file_csum:
+                    parent.remove(name, True)
+                _, sub = parent.ensure_dir(name)
+            dirs[path] = sub
+            return sub
+
+        def remove(path):
+            parent_path, _, name = path.rpartition("/")
+            parent = mdir(parent_path or "/", create=False)
+            if parent is not None:
+                parent.remove(name, True)
+            for key in [k for k in dirs if k == path or k.startswith(path + "/")]:
+                del dirs[key]
+
+        def set_dirmeta(path, entry):
+            variant = OSTree.create_directory_metadata(_file_info(Gio, entry),
+                                                       _xattr_variant(GLib, entry))
+            _, csum = repo.write_metadata(OSTree.ObjectType.DIR_META, None,
+                                          variant, None)
+            mdir(path).set_metadata_checksum(_hex(OSTree, csum))
+
+        def write_file(path, entry):
+            real = target + path
+            if stat_mod.S_ISLNK(entry.mode):
+                stream, size = Gio.MemoryInputStream.new(), 0
+            else:
+                size = os.lstat(real).st_size
+                stream = Gio.File.new_for_path(real).read(None)
+            _, content, length = OSTree.raw_file_to_content_stream(
+                stream, _file_info(Gio, entry, size), _xattr_variant(GLib, entry),
+                None)
+            _, csum = repo.write_content(None, content, length, None)
+            parent_path, _, name = path.rpartition("/")
+            parent = mdir(parent_path or "/")
+            try:
+                _, _, sub = parent.lookup(name)
+                if sub is not None:
+                    remove(path)
+            except GLib.Error:
+                pass
+            parent.replace_file(name, _hex(OSTree, csum))
+
+        # 1. Deletions, from the overlay's whiteouts and opaque directories.
+        changed = set()
+        upper = upper.rstrip("/")
+        for dirpath, dirnames, filenames in os.walk(upper):
+            rel_dir = dirpath[len(upper):] or "/"
+            try:
+                opaque = os.getxattr(dirpath, "user.overlay.opaque") == b"y"
+            except OSError:
+                opaque = False
+            if opaque and rel_dir != "/":
+                remove(rel_dir)
+            for name in dirnames + filenames:
+                path = (rel_dir.rstrip("/") + "/" + name)
+                st = os.lstat(os.path.join(dirpath, name))
+                if stat_mod.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                    remove(path)
+                else:
+                    changed.add(path)
+        # 2. Owner, mode and xattr changes, and anything new to the manifest.
+        for path, entry in result_manifest.items():
+            if base_manifest.get(path) != entry:
+                changed.add(path)
+        # 3. Write what changed, parents before children.
+        for path in sorted(changed, key=lambda p: (p.count("/"), p)):
+            entry = result_manifest.get(path)
+            if entry is None:
+                continue  # skipped (volatile), or gone again
+            if stat_mod.S_ISDIR(entry.mode):
+                set_dirmeta(path, entry)
+            else:
+                write_file(path, entry)
+        if "/" in result_manifest and base_manifest.get("/") != result_manifest["/"]:
+            set_dirmeta("/", result_manifest["/"])
+        _, root_file = repo.write_mtree(root, None)
+        if parent:
+            _, parent_root, _ = repo.read_commit(parent, None)
+            if root_file.tree_get_contents_checksum() == \
+                    parent_root.tree_get_contents_checksum() and \
+                    root_file.tree_get_metadata_checksum() == \
+                    parent_root.tree_get_metadata_checksum():
+                repo.abort_transaction(None)
+                return parent, False
+        meta = GLib.Variant("a{sv}", {k: GLib.Variant("s", v)
+                                      for k, v in (metadata or {}).items()})
+        if timestamp is None:
+            _, checksum = repo.write_commit(parent, subject, None, meta,
+                                            root_file, None)
+        else:
+            _, checksum = repo.write_commit_with_time(
+                parent, subject, None, meta, root_file, int(timestamp), None)
+        repo.transaction_set_ref(None, branch, checksum)
+        repo.commit_transaction(None)
+        return checksum, True
+    except GLib.Error as error:
+        repo.abort_transaction(None)
+        raise UserError(f"ostree commit of {target} failed: {error.message}")
+
+
+def _hex(OSTree, csum):
+    if isinstance(csum, str):
+        return csum
+    return OSTree.checksum_from_bytes(bytes(csum))

@@ -44,6 +44,7 @@ VOLATILE = (
 # Directories whose contents are never committed (mount points in the sandbox).
 EMPTY_DIRS = ("/dev", "/proc", "/sys", "/run", "/tmp")
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
+KEEP_CHECKOUTS = 6
 
 
 def _rmtree(path):
@@ -114,8 +115,12 @@ class Stage:
         os.makedirs(self.work)
         try:
             base, base_manifest = self.prepare_base()
-            lower = os.path.join(self.work, "lower")
-            self.repo.checkout(base, lower, log=self.log)
+            t = time.monotonic()
+            lower = self.checkout(base)
+            with open(os.path.join(self.work, "lower.path"), "w") as f:
+                f.write(lower + "\n")
+            with open(self.log, "a") as f:
+                f.write(f"[checkout: {time.monotonic() - t:.2f} s]\n")
             manifest.write(os.path.join(self.work, "base.manifest"), base_manifest)
             with open(os.path.join(self.work, "base.commit"), "w") as f:
                 f.write(base + "\n")
@@ -139,6 +144,33 @@ class Stage:
                         f", {elapsed:.1f} s)\n")
         finally:
             _rmtree(self.work)
+
+    def checkout(self, commit):
+        """A hardlinked checkout of ``commit``, kept for the next stage runs.
+
+        Checkouts are only ever the overlay's read-only lower layer, so one
+        checkout serves every stage (and every rerun) that starts from the
+        same commit.  The least recently used ones beyond a few are removed.
+        """
+        cache = os.path.join(self.config.builddir, "checkouts")
+        os.makedirs(cache, exist_ok=True)
+        path = os.path.join(cache, commit)
+        if os.path.isdir(path):
+            os.utime(path)
+            return path
+        tmp = f"{path}.tmp{os.getpid()}"
+        _rmtree(tmp)
+        self.repo.checkout(commit, tmp, log=self.log)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            _rmtree(tmp)  # another edge made the same checkout meanwhile
+        kept = sorted((e for e in os.scandir(cache)
+                       if e.is_dir() and ".tmp" not in e.name),
+                      key=lambda e: e.stat().st_mtime, reverse=True)
+        for old in kept[KEEP_CHECKOUTS:]:
+            _rmtree(old.path)
+        return path
 
     def options_path_abs(self):
         path = os.path.join(self.work, "options.json")
@@ -226,12 +258,26 @@ class Stage:
         return commit, entries
 
 
+class timed:
+    """Log how long a step of the stage took (into the stage's log)."""
+
+    def __init__(self, label):
+        self.label = label
+
+    def __enter__(self):
+        self.start = time.monotonic()
+
+    def __exit__(self, *exc):
+        print(f"[{self.label}: {time.monotonic() - self.start:.2f} s]", flush=True)
+
+
 # -- inside the namespace ----------------------------------------------------
 def inner(config_path, options_path, work):
     config = load_config(config_path)
     with open(options_path, encoding="utf-8") as f:
         opts = json.load(f)
-    lower = os.path.join(work, "lower")
+    with open(os.path.join(work, "lower.path")) as f:
+        lower = f.read().strip()
     upper = os.path.join(work, "upper")
     ovl = os.path.join(work, "ovl")
     target = os.path.join(work, "target")
@@ -241,52 +287,93 @@ def inner(config_path, options_path, work):
     base_manifest = manifest.read(os.path.join(work, "base.manifest"))
     with open(os.path.join(work, "base.commit")) as f:
         base_commit = f.read().strip()
-    state = manifest.fakeroot_state(target, base_manifest)
-    faked = subprocess.Popen(sandbox.faked_argv(), stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
-    key_pid = faked.communicate(state)[0].strip()
-    key, _, pid = key_pid.partition(":")
-    if not key:
+    with timed("fakeroot state"):
+        state = manifest.fakeroot_state(target, base_manifest)
+    saved = os.path.join(work, "faked.save")
+    with timed("faked start"):
+        faked = subprocess.Popen(sandbox.faked_argv(saved), stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
+        key, _, pid = faked.communicate(state)[0].strip().partition(":")
+    if not key or not pid.isdigit():
         raise UserError("the fakeroot daemon did not start")
     host_lib = sandbox.FAKEROOT_LIB_DIRS["amd64"]
     try:
-        run_in_fakeroot(config, opts, work, target, key, host_lib, base_manifest)
-        result_manifest = manifest.read(os.path.join(work, "result.manifest"))
+        run_in_fakeroot(config, opts, work, target, key, host_lib)
+        with timed("scan"):
+            cleanup(work, target)
+            skip = set(VOLATILE) | {d + "/" + n for d in EMPTY_DIRS
+                                    if os.path.isdir(target + d)
+                                    for n in os.listdir(target + d)}
+            stats = manifest.walk(target, skip)
+            candidates = os.path.join(work, "xattr-candidates.json")
+            with open(candidates, "w") as f:
+                json.dump(manifest.xattr_candidates(stats, base_manifest), f)
+            env = sandbox.fakeroot_env(key, host_lib, os.environ)
+            proc.run([sys.executable, "-m", "debostree.stagerun", "xattrs",
+                      target, candidates], env=env)
+            with open(candidates + ".out") as f:
+                xattrs = {p: [(n, bytes.fromhex(v)) for n, v in pairs]
+                          for p, pairs in json.load(f).items()}
     finally:
-        try:
-            os.kill(int(pid), signal.SIGTERM)
-        except (ValueError, ProcessLookupError):
-            pass
-    skip = set(VOLATILE)
-    for d in EMPTY_DIRS:
-        if d in result_manifest:
-            skip.update(p for p in result_manifest if p.startswith(d + "/"))
-    previous = config_ref_commit(config, opts["ref"])
-    commit, changed = ostree.commit_directory(
-        config.repo, target, result_manifest, opts["ref"],
-        f"{opts['recipe']}/{opts['stage']} ({opts['kind']})",
-        parent=previous, timestamp=opts.get("commit_timestamp"),
-        metadata={"debostree.stage": f"{opts['recipe']}/{opts['stage']}",
-                  "debostree.base": base_commit},
-        skip=sorted(skip))
-    for path in skip:
-        result_manifest.pop(path, None)
+        with timed("faked stop"):
+            _stop_faked(int(pid))
+    result_manifest = manifest.combine(target, stats,
+                                       manifest.read_fakeroot_state(saved), xattrs)
     manifest.write(os.path.join(work, "result.manifest"), result_manifest)
+    previous = ostree.Repo(config.repo).rev_parse(opts["ref"])
+    with timed("commit"):
+        commit, changed = ostree.commit_changes(
+            config.repo, base_commit, target, upper, base_manifest,
+            result_manifest, opts["ref"],
+            f"{opts['recipe']}/{opts['stage']} ({opts['kind']})",
+            parent=previous, timestamp=opts.get("commit_timestamp"),
+            metadata={"debostree.stage": f"{opts['recipe']}/{opts['stage']}"})
     with open(os.path.join(work, "result.json"), "w") as f:
         json.dump({"commit": commit, "changed": changed}, f)
+
+
+def _stop_faked(pid):
+    """Stop the fakeroot daemon and wait until it has saved its state.
+
+    The daemon is nobody's child here, so once it exits it stays a zombie
+    until init reaps it: watch for that state rather than for the pid to go.
+    """
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    for _ in range(1000):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.005)
+
+
+def cleanup(work, target):
+    """Drop the stage's helper files and the volatile paths."""
+    if os.path.exists(os.path.join(work, "policy-rc.d-created")):
+        os.unlink(target + POLICY_RC_D)
+    for path in VOLATILE:
+        if os.path.lexists(target + path) and not os.path.isdir(target + path):
+            os.unlink(target + path)
 
 
 def config_ref_commit(config, ref):
     return ostree.Repo(config.repo).rev_parse(ref)
 
 
-def run_in_fakeroot(config, opts, work, target, key, host_lib, base_manifest):
-    """Everything that must see the fakeroot view: prepare, run, scan."""
+def run_in_fakeroot(config, opts, work, target, key, host_lib):
+    """Everything that must see the fakeroot view: prepare, then run."""
     env = sandbox.fakeroot_env(key, host_lib, os.environ)
     helper = [sys.executable, "-m", "debostree.stagerun"]
     # Restore xattrs (fakeroot keeps them in memory only) and do the
     # host-side parts of the stage (copies, helper files).
-    proc.run(helper + ["prepare", options_path_of(work), work, target], env=env)
+    with timed("prepare"):
+        proc.run(helper + ["prepare", options_path_of(work), work, target], env=env)
     command = stage_command(opts)
     if command:
         lib_dir = sandbox.FAKEROOT_LIB_DIRS[opts["arch"]]
@@ -299,11 +386,11 @@ def run_in_fakeroot(config, opts, work, target, key, host_lib, base_manifest):
         argv = sandbox.bwrap_argv(target, command, chroot_env, ro_binds=ro_binds)
         try:
             print("$ " + " ".join(command), flush=True)
-            proc.run(argv)
+            with timed("command"):
+                proc.run(argv)
         finally:
             if created:
                 _rmtree(target + created)
-    proc.run(helper + ["finish", options_path_of(work), work, target], env=env)
 
 
 def options_path_of(work):
@@ -450,15 +537,14 @@ def copy_items(opts, target):
                 os.chmod(path, mode)
 
 
-def finish(options_path, work, target):
-    """Under fakeroot: drop helper files and volatile paths, scan the tree."""
-    if os.path.exists(os.path.join(work, "policy-rc.d-created")):
-        os.unlink(target + POLICY_RC_D)
-    for path in VOLATILE:
-        if os.path.lexists(target + path) and not os.path.isdir(target + path):
-            os.unlink(target + path)
-    entries = manifest.scan(target)
-    manifest.write(os.path.join(work, "result.manifest"), entries)
+def xattrs(target, candidates_path):
+    """Under fakeroot: read the xattrs of the candidate paths."""
+    with open(candidates_path) as f:
+        candidates = json.load(f)
+    found = manifest.read_xattrs(target, candidates)
+    with open(candidates_path + ".out", "w") as f:
+        json.dump({p: [[n, v.hex()] for n, v in pairs]
+                   for p, pairs in found.items()}, f)
 
 
 def cli(kind):
@@ -487,8 +573,8 @@ def main(argv):
         inner(*argv[1:])
     elif command == "prepare":
         prepare(*argv[1:])
-    elif command == "finish":
-        finish(*argv[1:])
+    elif command == "xattrs":
+        xattrs(*argv[1:])
     else:
         raise SystemExit(f"unknown command {command}")
     return 0
