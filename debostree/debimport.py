@@ -90,7 +90,8 @@ def read_control(deb, info_dir):
             # "remove-on-upgrade" flags (dpkg >= 1.20.1) follow the path.
             if line.startswith("/"):
                 conffiles.append(line.split()[0])
-    return control, conffiles
+    triggers = members.get("triggers", (b"", 0))[0].decode()
+    return control, conffiles, triggers
 
 
 def import_deb(repo_path, deb, sha256, summary_path, tmp_root):
@@ -101,7 +102,7 @@ def import_deb(repo_path, deb, sha256, summary_path, tmp_root):
     try:
         info_dir = os.path.join(tmp, "info", "var", "lib", "dpkg", "info")
         os.makedirs(info_dir)
-        control, conffiles = read_control(deb, info_dir)
+        control, conffiles, triggers = read_control(deb, info_dir)
         conffile_set = set(conffiles)
         conffile_md5 = {}
         listing = ["/."]
@@ -114,27 +115,31 @@ def import_deb(repo_path, deb, sha256, summary_path, tmp_root):
                 original = member.name[2:] if member.name.startswith("./") \
                     else member.name
                 original = original.rstrip("/")
-                if not original:
+                if original in ("", "."):
                     continue  # the root directory of the package
                 listing.append("/" + original)
                 new_name = merged_path(original)
-                if "/" + original in conffile_set and member.isfile():
-                    new_name += ".dpkg-new"
                 data = None
                 if member.isfile():
                     data = src.extractfile(member).read()
-                    if "/" + original in conffile_set:
-                        conffile_md5[original] = hashlib.md5(data).hexdigest()
                 if member.islnk():
                     link = member.linkname
                     link = link[2:] if link.startswith("./") else link
                     member.linkname = "./" + merged_path(link)
-                member.name = "./" + new_name
-                dst.addfile(member, fileobj=_Bytes(data) if data is not None else None)
-                mode = member.mode | _type_bits(member)
-                entries["/" + new_name] = manifest.Entry(
-                    "/" + new_name, mode, member.uid, member.gid,
-                    member.linkname if member.issym() else None)
+                names = [new_name]
+                if "/" + original in conffile_set and member.isfile():
+                    # As after mmdebstrap's extract step and dpkg's unpack:
+                    # the file in place, and dpkg's copy beside it, which
+                    # "dpkg --configure" then settles.
+                    conffile_md5[original] = hashlib.md5(data).hexdigest()
+                    names.append(new_name + ".dpkg-new")
+                for name in names:
+                    member.name = "./" + name
+                    dst.addfile(member, fileobj=_Bytes(data) if data is not None
+                                else None)
+                    entries["/" + name] = manifest.Entry(
+                        "/" + name, member.mode | _type_bits(member), member.uid,
+                        member.gid, member.linkname if member.issym() else None)
         _finish(process, deb)
         dname = dpkg_name(control)
         with open(os.path.join(info_dir, f"{dname}.list"), "w") as f:
@@ -169,6 +174,7 @@ def import_deb(repo_path, deb, sha256, summary_path, tmp_root):
             "control": str(control),
             "conffiles": [[path, conffile_md5.get(path.lstrip("/"))]
                           for path in conffiles],
+            "triggers": triggers,
             "manifest": [e.to_json() for e in entries.values()],
             "info_manifest": [e.to_json() for e in info_entries.values()],
         }

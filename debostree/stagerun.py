@@ -143,7 +143,8 @@ class Stage:
                 f.write(f"commit {commit} ({'changed' if changed else 'unchanged'}"
                         f", {elapsed:.1f} s)\n")
         finally:
-            _rmtree(self.work)
+            if not os.environ.get("DEBOSTREE_KEEP_WORK"):
+                _rmtree(self.work)
 
     def checkout(self, commit):
         """A hardlinked checkout of ``commit``, kept for the next stage runs.
@@ -222,9 +223,20 @@ class Stage:
             entries[path] = manifest.Entry(path, stat.S_IFREG | mode)
 
         status = []
-        triggers_file = []
-        interests = {}
+        triggers_file = []   # /var/lib/dpkg/triggers/File: "PATH PKG[/noawait]"
+        interests = {}       # named triggers: name -> ["PKG[/noawait]"]
         for summary in summaries:
+            # What dpkg registers when it unpacks a package with interests.
+            for line in summary.get("triggers", "").splitlines():
+                words = line.split("#", 1)[0].split()
+                if len(words) != 2 or not words[0].startswith("interest"):
+                    continue
+                who = summary["dpkg_name"] + (
+                    "/noawait" if words[0] == "interest-noawait" else "")
+                if words[1].startswith("/"):
+                    triggers_file.append(f"{words[1]} {who}\n")
+                else:
+                    interests.setdefault(words[1], []).append(who + "\n")
             control = summary["control"].rstrip("\n").split("\n")
             lines = [control[0], "Status: install ok unpacked"] + control[1:]
             if summary["conffiles"]:
@@ -232,15 +244,20 @@ class Stage:
                 lines += [f" {path} newconffile" for path, _ in summary["conffiles"]]
             status.append("\n".join(lines) + "\n")
         for path, text in (("/var/lib/dpkg/status", "\n".join(status)),
-                           ("/var/lib/dpkg/available", ""),
                            ("/var/lib/dpkg/diversions", ""),
-                           ("/var/lib/dpkg/statoverride", ""),
                            ("/var/lib/dpkg/arch", self.opts["arch"] + "\n"),
                            ("/var/lib/dpkg/triggers/File", "".join(triggers_file)),
                            ("/var/lib/dpkg/triggers/Unincorp", "")):
             add_file(path, text)
-        del interests
-        trees = [f"dir={skel}"]
+        for name, lines in interests.items():
+            add_file(f"/var/lib/dpkg/triggers/{name}", "".join(lines))
+        # The skeleton is committed on its own: --owner-uid applies to every
+        # tree of a commit, and the packages' trees keep their tar owners.
+        skeleton = self.repo.commit_trees(
+            f"tmp/{self.opts['ref']}/skeleton", [f"dir={skel}"],
+            f"{self.opts['recipe']}/{self.opts['stage']}: skeleton",
+            log=self.log, extra=["--owner-uid=0", "--owner-gid=0"])
+        trees = [f"ref={skeleton}"]
         for summary in summaries:
             trees.append(f"ref={ostree.package_ref(summary['sha256'], 'data')}")
             trees.append(f"ref={ostree.package_ref(summary['sha256'], 'info')}")
@@ -254,7 +271,7 @@ class Stage:
         commit = self.repo.commit_trees(
             f"tmp/{self.opts['ref']}/unpacked", trees,
             f"{self.opts['recipe']}/{self.opts['stage']}: packages unpacked",
-            log=self.log, extra=["--owner-uid=0", "--owner-gid=0"])
+            log=self.log)
         return commit, entries
 
 
@@ -424,16 +441,34 @@ def _write_run_files(opts, work, target):
     kind = opts["kind"]
     lines = []
     if kind == "bootstrap":
+        # Each preinst runs as dpkg runs it: from /var/lib/dpkg/tmp.ci beside
+        # the package's control files (debconf reads its templates and the
+        # package name there), before "dpkg --configure -a" does the rest.
+        controls = os.path.join(run, "control")
+        os.makedirs(controls)
+        summaries = {}
+        for path in opts["summaries"]:
+            summary = debimport.load_summary(path)
+            summaries[summary["sha256"]] = summary
+        lines.append("DPKG_RUNNING_VERSION=$(dpkg-query -W -f='${Version}' dpkg)")
         for pkg in opts["packages"]:
-            preinst = f"/var/lib/dpkg/info/{pkg['dpkg_name']}.preinst"
-            if os.path.exists(target + preinst):
-                lines.append(
-                    f"DPKG_MAINTSCRIPT_PACKAGE={pkg['name']} "
-                    f"DPKG_MAINTSCRIPT_ARCH={pkg['arch']} "
-                    f"DPKG_MAINTSCRIPT_NAME=preinst DPKG_ADMINDIR=/var/lib/dpkg "
-                    f"DPKG_ROOT= DPKG_RUNNING_VERSION=$(dpkg-query -W -f='${{Version}}' dpkg) "
-                    f"{preinst} install")
-        lines.append("dpkg --configure -a")
+            info = f"/var/lib/dpkg/info/{pkg['dpkg_name']}"
+            if not os.path.exists(target + info + ".preinst"):
+                continue
+            with open(os.path.join(controls, pkg["sha256"]), "w") as f:
+                f.write(summaries[pkg["sha256"]]["control"])
+            lines += [
+                "rm -rf /var/lib/dpkg/tmp.ci && mkdir /var/lib/dpkg/tmp.ci",
+                f"cp /run/debostree/control/{pkg['sha256']} /var/lib/dpkg/tmp.ci/control",
+                f"for f in {info}.*; do case ${{f##*.}} in list|md5sums) ;; "
+                f"*) cp -p \"$f\" /var/lib/dpkg/tmp.ci/${{f##*.}} ;; esac; done",
+                f"DPKG_MAINTSCRIPT_PACKAGE={pkg['name']} "
+                f"DPKG_MAINTSCRIPT_ARCH={pkg['arch']} "
+                f"DPKG_MAINTSCRIPT_NAME=preinst DPKG_ADMINDIR=/var/lib/dpkg "
+                f"DPKG_ROOT= DPKG_RUNNING_VERSION=$DPKG_RUNNING_VERSION "
+                f"DPKG_MAINTSCRIPT_PACKAGE_REFCOUNT=1 "
+                f"/var/lib/dpkg/tmp.ci/preinst install"]
+        lines += ["rm -rf /var/lib/dpkg/tmp.ci", "dpkg --configure -a"]
     elif kind == "install":
         apt_dir = os.path.join(run, "apt")
         os.makedirs(apt_dir)

@@ -41,7 +41,7 @@ def test_lockfile_workflow(project):
     work, arc = project
     lock = work / "lockfiles" / "my image.amd64.lock"
     # Without a lockfile, building says what to do.
-    result = ninja(work)
+    result = ninja(work, "my image")
     assert result.returncode != 0
     assert "run 'ninja update-lockfiles'" in result.stdout + result.stderr
 
@@ -51,13 +51,13 @@ def test_lockfile_workflow(project):
     entries = {e.name: e for e in lockfile.read(str(lock))}
     assert entries["app"].stage == "apps" and entries["libc"].stage == "base"
 
-    result = ninja(work)  # regenerates build.ninja, then fetches
+    result = ninja(work, "fetch")  # regenerates build.ninja, then fetches
     assert result.returncode == 0, result.stdout
     assert result.stdout.count("FETCH ") == len(entries)
     pool = str(work / "build" / "pool")
     for entry in entries.values():
         assert os.path.exists(fetch.pool_path(pool, entry.sha256))
-    assert "no work to do" in ninja(work).stdout
+    assert "no work to do" in ninja(work, "fetch").stdout
     targets = ninja(work, "-t", "targets", "all").stdout
     for target in ("my image", "my image/packages", "update-lockfiles",
                    "check-lockfiles", "fetch"):
@@ -85,7 +85,7 @@ def test_lockfile_workflow(project):
     result = ninja(work, "update-lockfiles")
     assert result.returncode == 0
     assert "0 added, 0 removed, 1 upgraded" in result.stdout
-    result = ninja(work)
+    result = ninja(work, "fetch")
     assert result.returncode == 0, result.stdout
     assert result.stdout.count("FETCH ") == 1 and "FETCH libfoo 3.0" in result.stdout
 
@@ -110,7 +110,7 @@ def test_tampered_lockfile_hash_fails_the_fetch(project):
     entries = lockfile.read(str(lock))
     victim = next(e for e in entries if e.name == "exim")
     lock.write_text(lock.read_text().replace(victim.sha256, "f" * 64))
-    result = ninja(work)
+    result = ninja(work, "fetch")
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "package exim_4.0_amd64.deb" in output and "f" * 64 in output
