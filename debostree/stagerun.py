@@ -13,6 +13,7 @@ A failing stage moves no ref and leaves the previous output file alone; the
 full log is under ``BUILDDIR/logs/``.
 """
 
+import fcntl
 import json
 import os
 import shutil
@@ -111,6 +112,11 @@ class Stage:
         with open(self.log, "w") as f:
             f.write(f"stage {self.opts['recipe']}/{self.opts['stage']} "
                     f"({self.opts['kind']}, {self.opts['arch']})\n")
+        # One run of a stage at a time: a run orphaned by a killed ninja may
+        # still be finishing in this work directory.
+        os.makedirs(os.path.dirname(self.work), exist_ok=True)
+        lock = open(self.work + ".lock", "w")
+        fcntl.flock(lock, fcntl.LOCK_EX)
         _rmtree(self.work)
         os.makedirs(self.work)
         try:
