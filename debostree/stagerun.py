@@ -162,6 +162,10 @@ class Stage:
         cache = os.path.join(self.config.builddir, "checkouts")
         os.makedirs(cache, exist_ok=True)
         path = os.path.join(cache, commit)
+        # A shared lock while this stage uses the checkout; the clean-up
+        # below removes only checkouts nobody holds.
+        self.checkout_lock = open(path + ".lock", "w")
+        fcntl.flock(self.checkout_lock, fcntl.LOCK_SH)
         if os.path.isdir(path):
             os.utime(path)
             return path
@@ -172,11 +176,18 @@ class Stage:
             os.rename(tmp, path)
         except OSError:
             _rmtree(tmp)  # another edge made the same checkout meanwhile
+        os.utime(path)  # ostree checks out with mtime 0; this marks it as used
         kept = sorted((e for e in os.scandir(cache)
                        if e.is_dir() and ".tmp" not in e.name),
                       key=lambda e: e.stat().st_mtime, reverse=True)
         for old in kept[KEEP_CHECKOUTS:]:
-            _rmtree(old.path)
+            with open(old.path + ".lock", "w") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # in use by a running stage
+                _rmtree(old.path)
+                os.unlink(old.path + ".lock")
         return path
 
     def options_path_abs(self):

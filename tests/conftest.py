@@ -100,3 +100,9 @@ def no_user_config(tmp_path, monkeypatch):
     """Keep the user's own mirror configuration out of a test."""
     monkeypatch.setenv("DEBOSTREE_CONFIG", str(tmp_path / "no-config.yaml"))
     monkeypatch.delenv("DEBOSTREE_MIRRORS", raising=False)
+
+
+@pytest.fixture(scope="session")
+def pool(tmp_path_factory):
+    """One package pool for every build test of the session."""
+    return str(tmp_path_factory.mktemp("pool"))
