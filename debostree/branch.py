@@ -8,7 +8,6 @@ the source revision (``git describe`` of the checkout).
 
 import hashlib
 import json
-import os
 import time
 
 from . import ostree, proc
@@ -69,7 +68,8 @@ def commit_branch(config_path, options_path, stage_path, out_path):
         argv.append(f"--parent={previous}")
     else:
         argv.append("--parent=none")
-    commit = proc.run(argv, capture=True).stdout.strip()
+    commit = ostree.retry_staging_race(
+        lambda: proc.run(argv, capture=True).stdout.strip())
     write_if_changed(out_path, commit + "\n")
     print(f"{branch}: {commit} (version {version})")
     return commit

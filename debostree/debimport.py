@@ -98,6 +98,7 @@ def import_deb(repo_path, deb, sha256, summary_path, tmp_root):
     """Import ``deb`` (already verified to have ``sha256``) into the repo."""
     repo = ostree.Repo(repo_path)
     os.makedirs(tmp_root, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(summary_path)), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="import-", dir=tmp_root)
     try:
         info_dir = os.path.join(tmp, "info", "var", "lib", "dpkg", "info")
@@ -108,9 +109,19 @@ def import_deb(repo_path, deb, sha256, summary_path, tmp_root):
         listing = ["/."]
         entries = {}
         data_tar = os.path.join(tmp, "data.tar")
-        process = _tar_stream(deb, "--fsys-tarfile")
-        with tarfile.open(fileobj=process.stdout, mode="r|") as src, \
-                tarfile.open(data_tar, "w", format=tarfile.PAX_FORMAT) as dst:
+        with open(data_tar, "wb") as out:
+            result = subprocess.run(["dpkg-deb", "--fsys-tarfile", deb],
+                                    stdout=out, stderr=subprocess.PIPE)
+        if result.returncode != 0:
+            raise UserError(f"dpkg-deb cannot read {deb}: "
+                            f"{result.stderr.decode(errors='replace').strip()}")
+        # ostree reads the tar itself (moving /bin, /sbin, /lib* under /usr
+        # with --tar-pathname-filter); here only the headers are read, for
+        # dpkg's file list and the manifest, and the conffiles, which also
+        # go in a second small tar as PATH.dpkg-new.
+        conffiles_tar = os.path.join(tmp, "conffiles.tar")
+        with tarfile.open(data_tar, "r:") as src, \
+                tarfile.open(conffiles_tar, "w", format=tarfile.PAX_FORMAT) as extra:
             for member in src:
                 original = member.name[2:] if member.name.startswith("./") \
                     else member.name
@@ -119,35 +130,30 @@ def import_deb(repo_path, deb, sha256, summary_path, tmp_root):
                     continue  # the root directory of the package
                 listing.append("/" + original)
                 new_name = merged_path(original)
-                data = None
-                if member.isfile():
-                    data = src.extractfile(member).read()
-                if member.islnk():
-                    link = member.linkname
-                    link = link[2:] if link.startswith("./") else link
-                    member.linkname = "./" + merged_path(link)
-                names = [new_name]
+                entries["/" + new_name] = manifest.Entry(
+                    "/" + new_name, member.mode | _type_bits(member), member.uid,
+                    member.gid, member.linkname if member.issym() else None)
                 if "/" + original in conffile_set and member.isfile():
+                    data = src.extractfile(member).read()
+                    conffile_md5[original] = hashlib.md5(data).hexdigest()
                     # As after mmdebstrap's extract step and dpkg's unpack:
                     # the file in place, and dpkg's copy beside it, which
                     # "dpkg --configure" then settles.
-                    conffile_md5[original] = hashlib.md5(data).hexdigest()
-                    names.append(new_name + ".dpkg-new")
-                for name in names:
-                    member.name = "./" + name
-                    dst.addfile(member, fileobj=_Bytes(data) if data is not None
-                                else None)
-                    entries["/" + name] = manifest.Entry(
-                        "/" + name, member.mode | _type_bits(member), member.uid,
-                        member.gid, member.linkname if member.issym() else None)
-        _finish(process, deb)
+                    member.name = "./" + original + ".dpkg-new"
+                    extra.addfile(member, fileobj=_Bytes(data))
+                    entries["/" + new_name + ".dpkg-new"] = manifest.Entry(
+                        "/" + new_name + ".dpkg-new",
+                        member.mode | _type_bits(member), member.uid, member.gid)
         dname = dpkg_name(control)
         with open(os.path.join(info_dir, f"{dname}.list"), "w") as f:
             f.write("\n".join(listing) + "\n")
         data_commit = repo.commit_trees(
             ostree.package_ref(sha256, "data"),
-            [f"tar={data_tar}"], f"{control['Package']} {control['Version']} data",
-            extra=["--tar-autocreate-parents"])
+            [f"tar={data_tar}", f"tar={conffiles_tar}"],
+            f"{control['Package']} {control['Version']} data",
+            extra=["--tar-autocreate-parents",
+                   "--tar-pathname-filter=^(" + "|".join(MERGED_USR_DIRS)
+                   + r")(/|$),usr/\1\2"])
         info_commit = repo.commit_trees(
             ostree.package_ref(sha256, "info"),
             [f"dir={os.path.join(tmp, 'info')}"],

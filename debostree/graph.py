@@ -76,7 +76,10 @@ class GraphBuilder:
             "UPDATE-LOCKFILES", {"pool": "console"}))
         g.rules.append(Rule(
             "fetch_deb",
-            f"$python {shell_args([os.path.join(tools, 'fetch-packages')])} "
+            # A file in the pool is complete and verified (it is only ever
+            # renamed into place after its check), so a shared pool costs
+            # one test per package, not a process.
+            f"test -f $out || $python {shell_args([os.path.join(tools, 'fetch-packages')])} "
             "--config $config --one $archive $filename $sha256 $size $out",
             "FETCH $package ($size_text)", {"pool": "fetch", "restat": "1"}))
         g.rules.append(Rule(
@@ -84,10 +87,10 @@ class GraphBuilder:
             f"$python {shell_args([os.path.join(tools, 'init-repo')])} $out",
             "INIT $out"))
         g.rules.append(Rule(
-            "import_deb",
-            f"$python {shell_args([os.path.join(tools, 'import-deb')])} "
-            "--config $config $in $sha256 $out",
-            "IMPORT $package", {"restat": "1"}))
+            "import_debs",
+            f"$python {shell_args([os.path.join(tools, 'import-debs')])} "
+            "--config $config $list",
+            "IMPORT $count packages", {"restat": "1"}))
         for kind in ("bootstrap", "install", "remove", "run", "copy"):
             g.rules.append(Rule(
                 f"stage_{kind}",
@@ -141,6 +144,7 @@ class GraphBuilder:
                                 [f"{recipe.name}/{a}/{stage.name}"], "phony", [out]))
             g.builds.append(Build([recipe.name], "phony", recipe_targets))
             defaults.append(recipe.name)
+        self.import_all()
         g.builds.append(Build(["fetch"], "phony", sorted(set(all_fetch))))
         g.defaults = defaults
         return g
@@ -163,16 +167,34 @@ class GraphBuilder:
         return os.path.join(self.config.builddir, "stages", recipe_name, arch)
 
     def import_edge(self, entry):
+        """The summary of a package's import; the one edge that imports all
+        packages is added by ``import_all`` once every stage is known."""
         out = self.p(os.path.join(self.config.builddir, "pkgs",
                                   entry.sha256 + ".json"))
         if entry.sha256 not in self.imported:
-            self.imported[entry.sha256] = out
-            self.graph.builds.append(Build(
-                [out], "import_deb", [self.fetch_edge(entry)],
-                implicit=[self.p(os.path.join(self.config.repo, "config"))],
-                variables={"sha256": entry.sha256,
-                           "package": f"{entry.name} {entry.version}"}))
+            self.imported[entry.sha256] = (out, entry)
         return out
+
+    def import_all(self):
+        """One edge imports every package a bootstrap needs: a process per
+        package would cost more than the imports (most are small), and the
+        edge skips packages already imported, so a lockfile change imports
+        only what is new."""
+        if not self.imported:
+            return
+        items = sorted(self.imported.values(), key=lambda item: item[0])
+        list_path = os.path.join(self.config.builddir, "pkgs", "import.json")
+        self.write_options(list_path, [
+            {"deb": os.path.abspath(os.path.join(self.base, self.fetch_edge(e))),
+             "sha256": e.sha256, "summary": os.path.abspath(os.path.join(self.base, out)),
+             "name": f"{e.name} {e.version}"} for out, e in items])
+        self.graph.builds.append(Build(
+            [out for out, _ in items], "import_debs",
+            [self.fetch_edge(e) for _, e in items],
+            implicit=[self.p(list_path),
+                      self.p(os.path.join(self.config.repo, "config"))],
+            variables={"list": Raw(shell_args([self.p(list_path)])),
+                       "count": str(len(items))}))
 
     def write_options(self, path, options):
         """Write a stage's options file only when it changes (it is an input

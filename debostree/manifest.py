@@ -60,44 +60,6 @@ def read(path):
     return entries
 
 
-def scan(root, skip=()):
-    """Walk ``root`` (under fakeroot, to see fake owners) into a manifest."""
-    entries = {}
-    skip = set(skip)
-    root = root.rstrip("/") or "/"
-
-    def visit(real, path):
-        st = os.lstat(real)
-        target = os.readlink(real) if stat.S_ISLNK(st.st_mode) else None
-        xattrs = ()
-        if not stat.S_ISLNK(st.st_mode):
-            try:
-                names = os.listxattr(real, follow_symlinks=False)
-            except OSError:
-                names = []
-            pairs = []
-            for name in names:
-                if name.startswith(IGNORED_XATTR_PREFIXES):
-                    continue
-                try:
-                    pairs.append((name, os.getxattr(real, name,
-                                                    follow_symlinks=False)))
-                except OSError:
-                    continue
-            xattrs = tuple(sorted(pairs))
-        entries[path] = Entry(path, st.st_mode, st.st_uid, st.st_gid, target,
-                              xattrs)
-        if stat.S_ISDIR(st.st_mode):
-            for name in os.listdir(real):
-                child = (path.rstrip("/") + "/" + name)
-                if child in skip:
-                    continue
-                visit(os.path.join(real, name), child)
-
-    visit(root, "/")
-    return entries
-
-
 def fakeroot_state(root, entries):
     """Lines of a fakeroot ``-i`` state file giving ``root``'s files the
     owners and modes of ``entries`` (matched by path, found by dev/ino).

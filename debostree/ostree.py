@@ -12,6 +12,7 @@ encoded: ``+``, ``:``, ``~`` and spaces are not allowed in OSTree ref names.
 
 import os
 import re
+import time
 
 from . import proc
 from .errors import UserError
@@ -31,6 +32,23 @@ def package_ref(sha256, part):
 
 def stage_ref(recipe, arch, stage):
     return f"stage/{encode_ref_part(recipe)}/{arch}/{encode_ref_part(stage)}"
+
+
+# libostree's transactions can remove a concurrent writer's staging
+# directory ("opendir(staging-...): No such file or directory", ostree issue
+# 1620, still open); the writer that loses just tries again.
+STAGING_RACE = "opendir(staging-"
+ATTEMPTS = 4
+
+
+def retry_staging_race(fn):
+    for attempt in range(ATTEMPTS):
+        try:
+            return fn()
+        except UserError as error:
+            if STAGING_RACE not in str(error) or attempt == ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 class Repo:
@@ -57,20 +75,6 @@ class Repo:
         result = proc.run(["ostree", "rev-parse", f"--repo={self.path}", ref],
                           capture=True, check=False)
         return result.stdout.strip() if result.returncode == 0 else None
-
-    def set_ref(self, ref, checksum):
-        proc.run(["ostree", "refs", f"--repo={self.path}", "--create", ref,
-                  checksum, "--force"], capture=True)
-
-    def tree_of(self, checksum):
-        """The root dirtree+dirmeta of a commit: equal trees, equal values."""
-        import gi
-        gi.require_version("OSTree", "1.0")
-        from gi.repository import OSTree
-        repo = self.open_gi()
-        _, variant, _ = repo.load_commit(checksum)
-        return (bytes(variant.get_child_value(6).get_data_as_bytes().get_data()).hex(),
-                bytes(variant.get_child_value(7).get_data_as_bytes().get_data()).hex())
 
     def open_gi(self):
         import gi
@@ -99,7 +103,8 @@ class Repo:
         if timestamp is not None:
             argv.append(f"--timestamp=@{int(timestamp)}")
         argv += list(extra) + [f"--tree={t}" for t in trees]
-        result = proc.run(argv, log=log, capture=log is None)
+        result = retry_staging_race(
+            lambda: proc.run(argv, log=log, capture=log is None))
         if log is None:
             return result.stdout.strip()
         return self.rev_parse(branch)
@@ -107,74 +112,6 @@ class Repo:
     def fsck(self):
         return proc.run(["ostree", "fsck", f"--repo={self.path}"], capture=True,
                         check=False)
-
-
-def commit_directory(repo_path, root, manifest, branch, subject, parent=None,
-                     timestamp=None, metadata=None, skip=()):
-    """Commit directory ``root`` with metadata from ``manifest`` (libostree).
-
-    ``manifest`` maps '/path' -> manifest.Entry (owner, mode, xattrs as the
-    fakeroot session saw them).  Paths in ``skip`` (and below them) are left
-    out.  Returns ``(commit checksum, changed)``: when the tree equals the
-    parent's, no commit is made and the parent is returned.
-    """
-    import gi
-    gi.require_version("OSTree", "1.0")
-    from gi.repository import Gio, GLib, OSTree
-
-    repo = OSTree.Repo.new(Gio.File.new_for_path(repo_path))
-    repo.open(None)
-    skip = tuple(skip)
-    skip_below = tuple(s + "/" for s in skip)
-
-    def filter_cb(_repo, path, info):
-        if path in skip or path.startswith(skip_below):
-            return OSTree.RepoCommitFilterResult.SKIP
-        entry = manifest.get(path)
-        if entry is not None:
-            info.set_attribute_uint32("unix::uid", entry.uid)
-            info.set_attribute_uint32("unix::gid", entry.gid)
-            info.set_attribute_uint32("unix::mode", entry.mode)
-        return OSTree.RepoCommitFilterResult.ALLOW
-
-    def xattr_cb(_repo, path, _file):
-        entry = manifest.get(path)
-        pairs = [] if entry is None else [
-            (name.encode() + b"\0", value) for name, value in sorted(entry.xattrs)]
-        return GLib.Variant("a(ayay)", pairs)
-
-    modifier = OSTree.RepoCommitModifier.new(
-        OSTree.RepoCommitModifierFlags.NONE, filter_cb)
-    modifier.set_xattr_callback(xattr_cb)
-    repo.prepare_transaction(None)
-    try:
-        mtree = OSTree.MutableTree.new()
-        repo.write_directory_to_mtree(Gio.File.new_for_path(root), mtree,
-                                      modifier, None)
-        _, root_file = repo.write_mtree(mtree, None)
-        if parent:
-            _, parent_root, _ = repo.read_commit(parent, None)
-            if parent_root.equal(root_file) or (
-                    root_file.tree_get_contents_checksum() ==
-                    parent_root.tree_get_contents_checksum() and
-                    root_file.tree_get_metadata_checksum() ==
-                    parent_root.tree_get_metadata_checksum()):
-                repo.abort_transaction(None)
-                return parent, False
-        meta = GLib.Variant("a{sv}", {k: GLib.Variant("s", v)
-                                      for k, v in (metadata or {}).items()})
-        if timestamp is None:
-            _, checksum = repo.write_commit(parent, subject, None, meta,
-                                            root_file, None)
-        else:
-            _, checksum = repo.write_commit_with_time(
-                parent, subject, None, meta, root_file, int(timestamp), None)
-        repo.transaction_set_ref(None, branch, checksum)
-        repo.commit_transaction(None)
-        return checksum, True
-    except GLib.Error as error:
-        repo.abort_transaction(None)
-        raise UserError(f"ostree commit of {root} failed: {error.message}")
 
 
 def _gi():
@@ -219,10 +156,18 @@ def commit_changes(repo_path, base_commit, target, upper, base_manifest,
     its object from the base commit.  Returns ``(commit, changed)``; when the
     tree equals the parent's, the parent is returned and nothing is written.
     """
-    import stat as stat_mod
     Gio, GLib, OSTree = _gi()
     repo = OSTree.Repo.new(Gio.File.new_for_path(repo_path))
     repo.open(None)
+    return retry_staging_race(lambda: _commit_changes(
+        Gio, GLib, OSTree, repo, base_commit, target, upper, base_manifest,
+        result_manifest, branch, subject, parent, timestamp, metadata))
+
+
+def _commit_changes(Gio, GLib, OSTree, repo, base_commit, target, upper,
+                    base_manifest, result_manifest, branch, subject, parent,
+                    timestamp, metadata):
+    import stat as stat_mod
     repo.prepare_transaction(None)
     try:
         root = OSTree.MutableTree.new_from_commit(repo, base_commit)

@@ -7,7 +7,7 @@ import subprocess
 
 import yaml
 
-from debostree import mirrors, recipe, resolve, update
+from debostree import mirrors, recipe, update
 
 INST_RE = re.compile(r"^Inst (\S+) (?:\[\S+\] )?\((\S+) .*\[(\S+)\]\)")
 

@@ -10,7 +10,6 @@ import os
 import pwd
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -174,7 +173,7 @@ def test_build_and_incremental_rebuilds(template, pool, tmp_path):
     victim = next(e for e in entries if e.name == "iproute2")
     assert victim.stage == "tools"
     lock.write_text(lock.read_text().replace(
-        f"Package: iproute2\n", f"Package: iproute2\nX-Note: touched\n"))
+        "Package: iproute2\n", "Package: iproute2\nX-Note: touched\n"))
     assert stages_run(run(["ninja"], project).stdout) == {"appliance/tools"}
 
     # The final branch has history: a new commit only when the tree changed.

@@ -10,11 +10,9 @@ of /run, and the state apt leaves after mmdebstrap runs it in the chroot.
 
 import os
 import subprocess
-import sys
 
 import pytest
 
-from conftest import TOP
 from debostree import fetch, lockfile
 from test_build import ARCHIVES, configure, run
 from treecompare import differences, tree_from_commit, tree_from_dir

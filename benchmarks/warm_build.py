@@ -1,0 +1,63 @@
+#!/usr/bin/python3
+"""Benchmark: a warm build of the minbase set beside mmdebstrap.
+
+"Warm": the .debs are already in the pool.  Ours: ./configure in a fresh
+build directory and `ninja minimal/base` (import every package into OSTree,
+compose, run the maintainer scripts, commit).  Reference, in the same run
+and alternating A B A B: mmdebstrap --variant=custom with the same package
+versions from a local copy of the same pool (root mode when run as root,
+unshare mode otherwise), with its merged-/usr hook.  Target: faster than
+mmdebstrap.  Run from the top of a checkout whose default recipe was built.
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+
+from common import PYTHON, TOP, median, report, timed
+
+sys.path.insert(0, TOP)
+
+from debostree import fetch, lockfile  # noqa: E402
+
+
+def main():
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+    pool = os.path.join(TOP, "build", "pool")
+    lock = os.path.join(TOP, "lockfiles", "minimal.amd64.lock")
+    entries = [e for e in lockfile.read(lock) if e.stage == "base"]
+    work = tempfile.mkdtemp(prefix="bench-warm-")
+    base_lock = os.path.join(work, "base.lock")
+    with open(base_lock, "w") as f:
+        f.write("\n".join(lockfile.stanza_text(e.fields) for e in entries))
+    source = fetch.make_apt_source(entries, base_lock, pool,
+                                   os.path.join(work, "source"))
+    mode = "root" if os.geteuid() == 0 else "unshare"
+    ours, theirs = [], []
+    try:
+        for i in range(rounds):
+            builddir = os.path.join(work, f"build{i}")
+            timed([PYTHON, os.path.join(TOP, "configure.py"), "--builddir",
+                   builddir, "--pool", pool], cwd=work)
+            t, _ = timed(["ninja", "minimal/base"], cwd=work)
+            ours.append(t)
+            shutil.rmtree(builddir, ignore_errors=True)
+            target = os.path.join(work, f"mm{i}")
+            t, _ = timed(["mmdebstrap", f"--mode={mode}", "--variant=custom",
+                          "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
+                          "--include=" + ",".join(e.name for e in entries),
+                          "--aptopt=Acquire::Languages \"none\"", "bookworm",
+                          target, f"deb [trusted=yes] copy://{source} ./"])
+            theirs.append(t)
+            shutil.rmtree(target, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"minbase set: {len(entries)} packages, {rounds} rounds each, alternating")
+    report("warm build, ninja minimal/base in a fresh build directory",
+           median(ours), median(theirs), f"mmdebstrap --mode={mode}",
+           "target < 1.0")
+
+
+if __name__ == "__main__":
+    main()
