@@ -2,7 +2,7 @@
 """Benchmark: a warm build of the minbase set beside mmdebstrap.
 
 "Warm": the .debs are already in the pool.  Ours: ./configure in a fresh
-build directory and `ninja minimal/base` (import every package into OSTree,
+build directory and `ninja minimal/amd64/base` (import every package into OSTree,
 compose, run the maintainer scripts, commit).  Reference, in the same run
 and alternating A B A B: mmdebstrap --variant=custom with the same package
 versions from a local copy of the same pool (root mode when run as root,
@@ -40,7 +40,7 @@ def main():
             builddir = os.path.join(work, f"build{i}")
             timed([PYTHON, os.path.join(TOP, "configure.py"), "--builddir",
                    builddir, "--pool", pool], cwd=work)
-            t, _ = timed(["ninja", "minimal/base"], cwd=work)
+            t, _ = timed(["ninja", "minimal/amd64/base"], cwd=work)
             ours.append(t)
             shutil.rmtree(builddir, ignore_errors=True)
             target = os.path.join(work, f"mm{i}")
@@ -54,7 +54,7 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"minbase set: {len(entries)} packages, {rounds} rounds each, alternating")
-    report("warm build, ninja minimal/base in a fresh build directory",
+    report("warm build, ninja minimal/amd64/base in a fresh build directory",
            median(ours), median(theirs), f"mmdebstrap --mode={mode}",
            "target < 1.0")
 

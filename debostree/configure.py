@@ -69,7 +69,8 @@ def configure(args, argv):
     pool = os.path.abspath(args.pool) if args.pool else os.path.join(builddir, "pool")
     config = BuildConfig(top=top, builddir=builddir, pool=pool,
                          recipes=recipes_dir, lockfiles=lockfile_dir,
-                         mirrors=mirror_map, python=sys.executable)
+                         mirrors=mirror_map, python=sys.executable,
+                         host_arch=update.host_architecture())
     # ninja runs the regeneration in the directory of build.ninja, which is
     # where configure runs, so the arguments keep their meaning there.
     configure_args = list(argv)

@@ -13,6 +13,7 @@ import os
 import shlex
 
 from . import fetch, lockfile, ostree
+from .update import SANDBOX_STAGE
 from .ninja import Build, Graph, Raw, Rule, shell_args
 
 # Used inside the sandbox when SOURCE_DATE_EPOCH is not set at configure time
@@ -50,6 +51,7 @@ class GraphBuilder:
         self.by_name = {r.name: r for r in recipes}
         self.stage_outputs = {}  # (recipe, arch, stage) -> .commit path
         self.options_written = 0
+        self.checked = set()
 
     def p(self, path):
         return rel(path, self.base)
@@ -102,6 +104,10 @@ class GraphBuilder:
             f"$python {shell_args([os.path.join(tools, 'commit-branch')])} "
             "--config $config --options $options --stage $in --out $out",
             "BRANCH $branch", {"restat": "1"}))
+        g.rules.append(Rule(
+            "check_arch",
+            f"$python {shell_args([os.path.join(tools, 'check-arch')])} $arch $out",
+            "CHECK $arch programs run here"))
         g.rules.append(Rule(
             "missing_lockfile",
             "echo $message >&2; exit 1", "LOCKFILE $name"))
@@ -232,6 +238,17 @@ class GraphBuilder:
         }
         inputs = [options_path]
         implicit = [os.path.join(self.top, "stages", stage.kind)]
+        order_only = []
+        if arch != self.config.host_arch:
+            order_only.append(self.arch_check(arch))
+            # The chroot's processes are the target's: they need the
+            # target's fakeroot library, locked with the recipe.
+            tools = [e for e in entries if e.stage == SANDBOX_STAGE
+                     and e.name == "libfakeroot"]
+            if tools:
+                options["fakeroot_deb"] = fetch.pool_path(self.config.pool,
+                                                          tools[0].sha256)
+                implicit.append(self.fetch_edge(tools[0]))
         parent_arg = ""
         if stage.parent:
             parent_recipe, parent_stage = stage.parent.split("/")
@@ -278,12 +295,23 @@ class GraphBuilder:
             [self.p(out)], f"stage_{stage.kind}", [self.p(i) for i in inputs],
             implicit=[self.p(i) for i in implicit],
             implicit_outputs=[self.p(base + ".manifest")],
+            order_only=order_only,
             variables={"options": Raw(shell_args([self.p(options_path)])),
                        "parent_arg": parent_arg or Raw(""),
                        "name": f"{recipe.name}/{stage.name}"
                        + (f" {arch}" if len(recipe.architectures) > 1 else "")}))
         self.stage_outputs[key] = self.p(out)
         return self.p(out)
+
+    def arch_check(self, arch):
+        """An edge that fails, before any stage of ``arch`` runs, when the
+        host cannot run its programs (no qemu-user or binfmt_misc entry)."""
+        out = self.p(os.path.join(self.config.builddir, "checks", f"{arch}.ok"))
+        if out not in self.checked:
+            self.checked.add(out)
+            self.graph.builds.append(Build([out], "check_arch",
+                                           variables={"arch": arch}))
+        return out
 
     def branch_edge(self, recipe, arch):
         """Commit the last stage's tree to the recipe's branch."""

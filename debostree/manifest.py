@@ -60,6 +60,35 @@ def read(path):
     return entries
 
 
+def copy_up_special(root, entries):
+    """Copy up, in the overlay mounted at ``root``, every path whose owner or
+    mode the fakeroot daemon must know.
+
+    The daemon knows files by device and inode; a lower file that is a
+    hardlink (as every file of a hardlinked checkout is) gets a new inode
+    when the overlay copies it up, and the daemon would lose its owner.  A
+    path copied up before the daemon starts keeps its inode: setting its
+    times to their own value makes the overlay copy it up.
+    """
+    root = root.rstrip("/")
+    count = 0
+    for path, entry in entries.items():
+        if path == "/" or (entry.uid == 0 and entry.gid == 0 and
+                           not entry.mode & 0o7000 and not entry.xattrs):
+            continue
+        real = root + path
+        try:
+            st = os.lstat(real)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            continue
+        os.utime(real, ns=(st.st_atime_ns, st.st_mtime_ns),
+                 follow_symlinks=False)
+        count += 1
+    return count
+
+
 def fakeroot_state(root, entries):
     """Lines of a fakeroot ``-i`` state file giving ``root``'s files the
     owners and modes of ``entries`` (matched by path, found by dev/ino).

@@ -26,6 +26,7 @@ class BuildConfig:
     lockfiles: str
     mirrors: dict
     python: str = sys.executable
+    host_arch: str = "amd64"
 
     @property
     def config_path(self):

@@ -121,5 +121,44 @@ def missing_tools(arch, host_arch="amd64"):
     return missing
 
 
+QEMU_BINFMT = {
+    "arm64": "qemu-aarch64", "armhf": "qemu-arm", "armel": "qemu-arm",
+    "i386": None, "amd64": None, "ppc64el": "qemu-ppc64le",
+    "riscv64": "qemu-riscv64", "s390x": "qemu-s390x", "mips64el": "qemu-mips64el",
+}
+# Architectures the host runs natively, by host architecture.
+NATIVE = {"amd64": ("amd64", "i386"), "arm64": ("arm64", "armhf", "armel")}
+
+
+def binfmt_problem(arch, host_arch, binfmt_dir="/proc/sys/fs/binfmt_misc"):
+    """None if ``arch`` binaries run here, else how to make them run."""
+    if arch in NATIVE.get(host_arch, (host_arch,)):
+        return None
+    name = QEMU_BINFMT.get(arch)
+    if name is None:
+        return f"no emulator is known for {arch}"
+    entry = os.path.join(binfmt_dir, name)
+    if not os.path.exists(os.path.join(binfmt_dir, "register")):
+        return ("binfmt_misc is not mounted; run: sudo mount -t binfmt_misc "
+                f"binfmt_misc {binfmt_dir} && sudo update-binfmts --enable {name}")
+    if not shutil.which(f"{name}-static") and not os.path.exists(entry):
+        return ("qemu-user-static is not installed; run: sudo apt-get install "
+                "qemu-user-static binfmt-support")
+    try:
+        with open(entry) as f:
+            lines = f.read().split("\n")
+    except FileNotFoundError:
+        return (f"{arch} binaries have no binfmt_misc entry; run: "
+                f"sudo update-binfmts --enable {name}")
+    if lines[0] != "enabled":
+        return f"the {name} binfmt_misc entry is disabled; run: sudo update-binfmts --enable {name}"
+    flags = [line for line in lines if line.startswith("flags:")]
+    if not flags or "F" not in flags[0]:
+        return (f"the {name} binfmt_misc entry lacks the F flag, so it cannot "
+                "run inside a chroot; install Debian's qemu-user-static, whose "
+                "entries have it")
+    return None
+
+
 def quote(argv):
     return shlex.join(argv)

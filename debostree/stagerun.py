@@ -107,6 +107,14 @@ class Stage:
         if missing:
             raise UserError("missing host tools: " + ", ".join(missing),
                             hint="run tools/setup-host")
+        if self.opts["arch"] != self.config.host_arch and \
+                not self.opts.get("fakeroot_deb"):
+            raise UserError(f"no fakeroot library for {self.opts['arch']} is "
+                            "locked", hint="the recipe's archives need the "
+                            "libfakeroot package; run 'ninja update-lockfiles'")
+        problem = sandbox.binfmt_problem(self.opts["arch"], self.config.host_arch)
+        if problem:
+            raise UserError(f"cannot run {self.opts['arch']} programs: {problem}")
         self.repo.ensure()
         os.makedirs(os.path.dirname(self.log), exist_ok=True)
         with open(self.log, "w") as f:
@@ -322,6 +330,7 @@ def inner(config_path, options_path, work):
     with open(os.path.join(work, "base.commit")) as f:
         base_commit = f.read().strip()
     with timed("fakeroot state"):
+        manifest.copy_up_special(target, base_manifest)
         state = manifest.fakeroot_state(target, base_manifest)
     saved = os.path.join(work, "faked.save")
     with timed("faked start"):
@@ -330,7 +339,7 @@ def inner(config_path, options_path, work):
         key, _, pid = faked.communicate(state)[0].strip().partition(":")
     if not key or not pid.isdigit():
         raise UserError("the fakeroot daemon did not start")
-    host_lib = sandbox.FAKEROOT_LIB_DIRS["amd64"]
+    host_lib = sandbox.FAKEROOT_LIB_DIRS[config.host_arch]
     try:
         run_in_fakeroot(config, opts, work, target, key, host_lib)
         with timed("scan"):
@@ -411,12 +420,19 @@ def run_in_fakeroot(config, opts, work, target, key, host_lib):
     command = stage_command(opts)
     if command:
         lib_dir = sandbox.FAKEROOT_LIB_DIRS[opts["arch"]]
+        chroot_lib = host_lib
+        if opts.get("fakeroot_deb"):
+            # A foreign chroot gets the target architecture's preload
+            # library; it talks to the same (host) fakeroot daemon.
+            extracted = os.path.join(work, "libfakeroot")
+            proc.run(["dpkg-deb", "-x", opts["fakeroot_deb"], extracted])
+            chroot_lib = extracted + lib_dir
         created = _missing_ancestor(target, lib_dir)
         chroot_env = sandbox.chroot_env(
             {**opts.get("environment", {})}, key, lib_dir,
             opts["source_date_epoch"])
-        ro_binds = [(host_lib, lib_dir), (os.path.join(work, "run"),
-                                          "/run/debostree")]
+        ro_binds = [(chroot_lib, lib_dir), (os.path.join(work, "run"),
+                                            "/run/debostree")]
         argv = sandbox.bwrap_argv(target, command, chroot_env, ro_binds=ro_binds)
         try:
             print("$ " + " ".join(command), flush=True)

@@ -49,6 +49,7 @@ stages:
       test "$(stat -c %a /usr/bin/ip)" = 4755
       getcap /usr/bin/ss | grep -q cap_net_admin
       test "$(stat -c %U:%a /etc/exampleos-release)" = demo:600
+      test "$(stat -c %G /etc/shadow)" = shadow
       test "$GREETING" = hello
       dpkg --audit
       test -z "$(dpkg --verify)"
@@ -136,6 +137,9 @@ def test_build_and_incremental_rebuilds(template, pool, tmp_path):
     demo = re.search(r"d00755 (\d+) (\d+) +0 /srv", listing)
     assert demo and demo.group(1) != "0"
     assert "-00600 " + demo.group(1) in listing
+    # useradd rewrote /etc/shadow: it keeps its group.
+    assert "-00640 0 42 " in ostree(project, "ls", "stage/appliance/amd64/users",
+                                    "/etc/shadow")
     caps = ostree(project, "ls", "-X", "stage/appliance/amd64/check", "/usr/bin/ss")
     assert "security.capability" in caps
     # Intermediate stages have refs of their own, so ostree diff works.

@@ -74,3 +74,22 @@ def test_unshare_and_overlay_argv():
     assert sandbox.unshare_argv(["x"])[:3] == ["unshare", "--user", "--map-root-user"]
     argv = sandbox.overlay_mount_argv("/l", "/u", "/w", "/t")
     assert argv[-1] == "/t" and "userxattr,lowerdir=/l,upperdir=/u,workdir=/w" in argv
+
+
+def test_missing_binfmt_says_how_to_fix(tmp_path):
+    (tmp_path / "register").write_text("")
+    problem = sandbox.binfmt_problem("arm64", "amd64", str(tmp_path))
+    assert "update-binfmts --enable qemu-aarch64" in problem
+    entry = tmp_path / "qemu-aarch64"
+    entry.write_text("disabled\ninterpreter /x\nflags: PF\n")
+    assert "--enable qemu-aarch64" in sandbox.binfmt_problem("arm64", "amd64",
+                                                               str(tmp_path))
+    entry.write_text("enabled\ninterpreter /x\nflags: P\n")
+    assert "F flag" in sandbox.binfmt_problem("arm64", "amd64", str(tmp_path))
+    entry.write_text("enabled\ninterpreter /x\nflags: PF\n")
+    assert sandbox.binfmt_problem("arm64", "amd64", str(tmp_path)) is None
+    assert sandbox.binfmt_problem("i386", "amd64", str(tmp_path)) is None
+    unmounted = tmp_path / "none"
+    unmounted.mkdir()
+    assert "mount -t binfmt_misc" in sandbox.binfmt_problem("arm64", "amd64",
+                                                            str(unmounted))
