@@ -136,7 +136,11 @@ class GraphBuilder:
                 phony = f"{recipe.name}{suffix}/packages"
                 g.builds.append(Build([phony], "phony", debs))
                 all_fetch += debs
-                recipe_targets.append(self.branch_edge(recipe, arch))
+                branch_out = self.branch_edge(recipe, arch)
+                recipe_targets.append(branch_out)
+                if len(recipe.architectures) > 1:
+                    g.builds.append(Build([f"{recipe.name}/{arch}"], "phony",
+                                          [branch_out]))
             if all(self.locks[(recipe.name, a)][1] is not None
                    for a in recipe.architectures):
                 for stage in recipe.stages:
