@@ -12,7 +12,8 @@ import time
 
 from . import ostree, proc
 from .project import load_config
-from .stagerun import read_commit_file, write_if_changed
+from .files import write_if_changed
+from .stagerun import read_commit_file
 
 
 def source_revision(top):

@@ -8,7 +8,7 @@ they were.
 import os
 import sys
 
-from . import graph, lockfile, mirrors, ninja, recipe, update
+from . import files, graph, lockfile, mirrors, ninja, recipe, update
 from .errors import UserError, display_path
 from .project import TOP, BuildConfig
 
@@ -78,7 +78,9 @@ def configure(args, argv):
     text = ninja.render(builder.build(), os.path.join(top, "build.ninja.in"))
     os.makedirs(lockfile_dir, exist_ok=True)
     config.save()
-    ninja.write_atomically(os.path.join(os.getcwd(), "build.ninja"), text)
+    # Always rewritten: ninja reruns a generator whose output is older than
+    # its inputs.
+    files.write_atomically(os.path.join(os.getcwd(), "build.ninja"), text)
     missing = [p for p, e in locks.values() if e is None]
     for path in missing:
         print(f"configure: warning: {display_path(path)} is missing; run "

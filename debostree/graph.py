@@ -12,7 +12,7 @@ import json
 import os
 import shlex
 
-from . import fetch, lockfile, ostree
+from . import fetch, files, lockfile, ostree
 from .update import SANDBOX_STAGE
 from .ninja import Build, Graph, Raw, Rule, shell_args
 
@@ -209,18 +209,9 @@ class GraphBuilder:
     def write_options(self, path, options):
         """Write a stage's options file only when it changes (it is an input
         of the stage's edge: a change reruns the stage)."""
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        text = json.dumps(options, indent=1, sort_keys=True) + "\n"
-        try:
-            with open(path, encoding="utf-8") as f:
-                if f.read() == text:
-                    return
-        except FileNotFoundError:
-            pass
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
-        self.options_written += 1
+        if files.write_if_changed(path, json.dumps(options, indent=1,
+                                                   sort_keys=True) + "\n"):
+            self.options_written += 1
 
     def stage_edge(self, recipe, arch, stage):
         """The edge of one stage (and, first, of the stage it starts from)."""

@@ -16,7 +16,6 @@ same inputs always give the same bytes; a lockfile is rewritten only when its
 content changes.
 """
 
-import os
 import re
 from dataclasses import dataclass
 
@@ -160,25 +159,6 @@ def read(path):
         raise UserError(f"cannot read lockfile: {error.strerror}", path=path,
                         hint="run 'ninja update-lockfiles' to create it")
     return parse(text, path)
-
-
-def write_if_changed(path, text):
-    """Write ``text`` to ``path`` atomically unless it is already there.
-
-    Returns True when the file changed.
-    """
-    try:
-        with open(path, encoding="utf-8") as f:
-            if f.read() == text:
-                return False
-    except FileNotFoundError:
-        pass
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return True
 
 
 @dataclass

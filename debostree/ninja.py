@@ -6,7 +6,6 @@ command arguments for the shell, and renders a ``Graph`` through the jinja2
 template ``build.ninja.in``, writing ``build.ninja`` atomically.
 """
 
-import os
 import shlex
 from dataclasses import dataclass, field
 
@@ -103,23 +102,3 @@ def render(graph, template_path):
                                    keep_trailing_newline=True,
                                    trim_blocks=True, lstrip_blocks=True)
     return template.render(graph=graph, escape_path=escape_path)
-
-
-def write_atomically(path, text, skip_unchanged=False):
-    """Write ``path`` through ``path~`` and a rename.
-
-    With ``skip_unchanged`` an identical file is left alone (and its mtime),
-    so that ninja sees no change in it.
-    """
-    if skip_unchanged:
-        try:
-            with open(path, encoding="utf-8") as f:
-                if f.read() == text:
-                    return False
-        except FileNotFoundError:
-            pass
-    tmp = path + "~"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return True

@@ -42,19 +42,9 @@ class BuildConfig:
 
     def save(self):
         """Write config.json, only when its content changes."""
-        os.makedirs(self.builddir, exist_ok=True)
-        text = json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
-        try:
-            with open(self.config_path, encoding="utf-8") as f:
-                if f.read() == text:
-                    return False
-        except FileNotFoundError:
-            pass
-        tmp = self.config_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, self.config_path)
-        return True
+        from .files import write_if_changed
+        return write_if_changed(self.config_path, json.dumps(
+            asdict(self), indent=2, sort_keys=True) + "\n")
 
 
 def load_config(path):

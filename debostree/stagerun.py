@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from . import debimport, manifest, ostree, proc, sandbox
+from . import debimport, files, manifest, ostree, proc, sandbox
 from .errors import UserError
 from .project import load_config
 
@@ -70,20 +70,6 @@ def _rmtree(path):
 def read_commit_file(path):
     with open(path, encoding="utf-8") as f:
         return f.read().split()[0]
-
-
-def write_if_changed(path, text):
-    try:
-        with open(path, encoding="utf-8") as f:
-            if f.read() == text:
-                return False
-    except FileNotFoundError:
-        pass
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return True
 
 
 class Stage:
@@ -151,7 +137,7 @@ class Stage:
             shutil.copyfile(os.path.join(self.work, "result.manifest"),
                             out_manifest + ".tmp")
             os.replace(out_manifest + ".tmp", out_manifest)
-            changed = write_if_changed(self.out_path, commit + "\n")
+            changed = files.write_if_changed(self.out_path, commit + "\n")
             elapsed = time.monotonic() - started
             with open(self.log, "a") as f:
                 f.write(f"commit {commit} ({'changed' if changed else 'unchanged'}"

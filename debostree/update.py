@@ -10,7 +10,7 @@ so recipes are processed parents first.
 import os
 import sys
 
-from . import archive, lockfile, proc, resolve
+from . import archive, files, lockfile, proc, resolve
 from .errors import UserError, display_path
 
 
@@ -150,7 +150,7 @@ def update_lockfiles(recipes, lockfile_dir, mirrors, cache_dir, check=False,
         for line in changes.lines():
             print(line, file=out)
         if not check:
-            lockfile.write_if_changed(path, text)
+            files.write_if_changed(path, text)
     # Lockfiles whose recipe or architecture is gone are left for the user
     # to delete, but named, since configure ignores them.
     wanted = {lockfile.lockfile_name(n, a) for n, a in texts}

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from debostree import fetch, lockfile
+from debostree import fetch, files, lockfile
 from debostree.errors import UserError
 from helpers import resolve_recipe
 
@@ -71,11 +71,11 @@ def test_compare():
 
 def test_write_if_changed_keeps_mtime(tmp_path):
     path = str(tmp_path / "x.lock")
-    assert lockfile.write_if_changed(path, "a\n")
+    assert files.write_if_changed(path, "a\n")
     os.utime(path, (1, 1))
-    assert not lockfile.write_if_changed(path, "a\n")
+    assert not files.write_if_changed(path, "a\n")
     assert os.stat(path).st_mtime == 1
-    assert lockfile.write_if_changed(path, "b\n")
+    assert files.write_if_changed(path, "b\n")
 
 
 def test_apt_installs_from_lockfile_and_pool_offline(tmp_path, test_archive):
