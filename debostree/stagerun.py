@@ -89,7 +89,7 @@ class Stage:
     # -- outside the namespace ---------------------------------------------
     def run(self):
         started = time.monotonic()
-        missing = sandbox.missing_tools(self.opts["arch"])
+        missing = sandbox.missing_tools(self.opts["arch"], self.config.host_arch)
         if missing:
             raise UserError("missing host tools: " + ", ".join(missing),
                             hint="run tools/setup-host")
