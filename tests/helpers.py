@@ -61,7 +61,8 @@ def apt_simulate(root_dir, args, status_text=""):
 
 def locked_set(text):
     from debostree import lockfile
-    return {(e.name, e.arch): e.version for e in lockfile.parse(text)}
+    return {(e.name, e.arch): e.version for e in lockfile.parse(text)
+            if e.stage != ".sandbox"}  # the build's own helpers
 
 
 def status_of(text):

@@ -44,6 +44,10 @@ def test_minbase_matches_apt(tmp_path, cache, arch):
     assert ("usr-is-merged", "all") in got and ("usrmerge", "all") not in got
     assert all(e.sha256 and e.filename.startswith("pool/")
                for e in lockfile.parse(text))
+    # A foreign architecture also locks the target's fakeroot library, which
+    # only the build uses.
+    sandbox = [e.name for e in lockfile.parse(text) if e.stage == ".sandbox"]
+    assert sandbox == ([] if arch == update.host_architecture() else ["libfakeroot"])
 
 
 @pytest.mark.parametrize("arch", ["amd64", "arm64"])
