@@ -8,7 +8,6 @@ correct; a mismatch removes the download and names the package, the URL and
 both hashes.
 """
 
-import json
 import os
 import sys
 import time
@@ -20,16 +19,6 @@ from .errors import UserError
 
 def pool_path(pool, sha256):
     return os.path.join(pool, sha256[:2], sha256 + ".deb")
-
-
-def read_mirror_map(path):
-    """The ``{archive name: URL}`` map that configure wrote for the build."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot read the mirror map: {error}", path=path,
-                        hint="run ./configure again")
 
 
 def package_url(mirror_map, archive_name, filename):

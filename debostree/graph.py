@@ -10,7 +10,6 @@ changes.
 import glob
 import json
 import os
-import shlex
 
 from . import fetch, files, lockfile, ostree
 from .update import SANDBOX_STAGE
@@ -50,7 +49,6 @@ class GraphBuilder:
         self.imported = {}  # sha256 -> summary path (one edge per .deb)
         self.by_name = {r.name: r for r in recipes}
         self.stage_outputs = {}  # (recipe, arch, stage) -> .commit path
-        self.options_written = 0
         self.checked = set()
 
     def p(self, path):
@@ -65,48 +63,42 @@ class GraphBuilder:
         g.pools["fetch"] = 8
         g.builds.append(Build([self.p(os.path.join(self.config.repo, "config"))],
                               "init_repo"))
-        tools = os.path.join(self.top, "tools")
+
+        def run(*path):
+            """``$python`` and one of the project's scripts, quoted."""
+            return f"$python {shell_args([os.path.join(self.top, *path)])}"
+
         g.rules.append(Rule(
-            "configure",
-            f"$python {shell_args([os.path.join(self.top, 'configure.py')])} "
-            + shell_args(self.configure_args),
+            "configure", run("configure.py") + " " + shell_args(self.configure_args),
             "CONFIGURE", {"generator": "1", "pool": "console"}))
         g.rules.append(Rule(
             "update_lockfiles",
-            f"$python {shell_args([os.path.join(tools, 'update-lockfiles')])} "
-            "--config $config $flags",
+            run("tools", "update-lockfiles") + " --config $config $flags",
             "UPDATE-LOCKFILES", {"pool": "console"}))
         g.rules.append(Rule(
             "fetch_deb",
             # A file in the pool is complete and verified (it is only ever
             # renamed into place after its check), so a shared pool costs
             # one test per package, not a process.
-            f"test -f $out || $python {shell_args([os.path.join(tools, 'fetch-packages')])} "
-            "--config $config --one $archive $filename $sha256 $size $out",
+            "test -f $out || " + run("tools", "fetch-packages")
+            + " --config $config --one $archive $filename $sha256 $size $out",
             "FETCH $package ($size_text)", {"pool": "fetch", "restat": "1"}))
         g.rules.append(Rule(
-            "init_repo",
-            f"$python {shell_args([os.path.join(tools, 'init-repo')])} $out",
-            "INIT $out"))
+            "init_repo", run("tools", "init-repo") + " $out", "INIT $out"))
         g.rules.append(Rule(
-            "import_debs",
-            f"$python {shell_args([os.path.join(tools, 'import-debs')])} "
-            "--config $config $list",
+            "import_debs", run("tools", "import-debs") + " --config $config $list",
             "IMPORT $count packages", {"restat": "1"}))
         for kind in ("bootstrap", "install", "remove", "run", "copy"):
             g.rules.append(Rule(
-                f"stage_{kind}",
-                f"$python {shell_args([os.path.join(self.top, 'stages', kind)])} "
-                "--config $config --options $options $parent_arg --out $out",
+                f"stage_{kind}", run("stages", kind)
+                + " --config $config --options $options $parent_arg --out $out",
                 f"STAGE $name ({kind})", {"restat": "1"}))
         g.rules.append(Rule(
-            "branch",
-            f"$python {shell_args([os.path.join(tools, 'commit-branch')])} "
-            "--config $config --options $options --stage $in --out $out",
+            "branch", run("tools", "commit-branch")
+            + " --config $config --options $options --stage $in --out $out",
             "BRANCH $branch", {"restat": "1"}))
         g.rules.append(Rule(
-            "check_arch",
-            f"$python {shell_args([os.path.join(tools, 'check-arch')])} $arch $out",
+            "check_arch", run("tools", "check-arch") + " $arch $out",
             "CHECK $arch programs run here"))
         g.rules.append(Rule(
             "missing_lockfile",
@@ -209,9 +201,8 @@ class GraphBuilder:
     def write_options(self, path, options):
         """Write a stage's options file only when it changes (it is an input
         of the stage's edge: a change reruns the stage)."""
-        if files.write_if_changed(path, json.dumps(options, indent=1,
-                                                   sort_keys=True) + "\n"):
-            self.options_written += 1
+        files.write_if_changed(path, json.dumps(options, indent=1,
+                                                sort_keys=True) + "\n")
 
     def stage_edge(self, recipe, arch, stage):
         """The edge of one stage (and, first, of the stage it starts from)."""
@@ -352,7 +343,3 @@ def _source_files(src):
     for dirpath, dirnames, filenames in os.walk(src):
         found += [os.path.join(dirpath, n) for n in dirnames + filenames]
     return found
-
-
-def configure_command(args):
-    return " ".join(shlex.quote(a) for a in args)

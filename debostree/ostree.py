@@ -55,12 +55,6 @@ class Repo:
     def __init__(self, path):
         self.path = os.path.abspath(path)
 
-    def ostree(self, *args, log=None, capture=True, input=None):
-        argv = ["ostree", *args, f"--repo={self.path}"]
-        result = proc.run(argv, log=log, capture=capture and log is None,
-                          input=input)
-        return (result.stdout or "").strip() if capture and log is None else ""
-
     def ensure(self):
         """Create the repository (bare-user: no root needed) when missing."""
         if not os.path.exists(os.path.join(self.path, "config")):
@@ -109,9 +103,6 @@ class Repo:
             return result.stdout.strip()
         return self.rev_parse(branch)
 
-    def fsck(self):
-        return proc.run(["ostree", "fsck", f"--repo={self.path}"], capture=True,
-                        check=False)
 
 
 def _gi():

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from debian import deb822
 
 from .errors import UserError
+from .recipe import PackageRequest
 
 DEP_TYPES = ("PreDepends", "Depends")
 
@@ -388,27 +389,6 @@ class Resolution:
             text += f" ({dep.comp_type_deb} {dep.target_ver})"
         return text
 
-    def _why_chains(self):
-        """Breadth-first paths from the requested packages to every package."""
-        chains = {}
-        queue = []
-        for pkg in self.requested:
-            chains[pkg.id] = [pkg.get_fullname(True)]
-            queue.append(pkg)
-        while queue:
-            pkg = queue.pop(0)
-            ver = self.depcache.get_candidate_ver(pkg)
-            if ver is None:
-                continue
-            for dep_type in DEP_TYPES:
-                for group in ver.depends_list.get(dep_type, []):
-                    for dep in group:
-                        target = dep.target_pkg
-                        if target.id not in chains:
-                            chains[target.id] = chains[pkg.id] + [target.get_fullname(True)]
-                            queue.append(target)
-        return chains
-
     # -- result ----------------------------------------------------------
     def to_install(self):
         """LockedPackage for every package marked for installation."""
@@ -494,9 +474,9 @@ def resolve_stage(root, stage, state, context):
                           ([merged_usr] if variant != "custom" else []), context)
         targets = step.priority_set(priorities) if priorities else []
         if priorities:
-            targets.append(step.lookup(_Request("apt")))
+            targets.append(step.lookup(PackageRequest("apt")))
         if variant != "custom" and step.has_package("usr-is-merged"):
-            targets.append(step.lookup(_Request("usr-is-merged")))
+            targets.append(step.lookup(PackageRequest("usr-is-merged")))
         targets += [step.lookup(r) for r in requests]
         if targets:
             step.install(targets)
@@ -511,8 +491,8 @@ def resolve_stage(root, stage, state, context):
             installed.append(pkg)
     elif stage.kind == "remove":
         step = Resolution(root, list(new_state.packages.values()), context)
-        targets = [step.lookup(_Request(n.split(":")[0],
-                                        n.split(":")[1] if ":" in n else None))
+        targets = [step.lookup(PackageRequest(n.split(":")[0],
+                                              n.split(":")[1] if ":" in n else None))
                    for n in stage.options["packages"]]
         for pkg in step.remove(targets):
             for arch in (pkg.architecture, "all"):
@@ -520,13 +500,3 @@ def resolve_stage(root, stage, state, context):
     for pkg in installed:
         pkg.stage = stage.name
     return new_state, installed
-
-
-@dataclass(frozen=True)
-class _Request:
-    name: str
-    arch: str = None
-    version: str = None
-
-    def __str__(self):
-        return self.name

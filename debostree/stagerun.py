@@ -391,10 +391,6 @@ def cleanup(work, target):
             os.unlink(target + path)
 
 
-def config_ref_commit(config, ref):
-    return ostree.Repo(config.repo).rev_parse(ref)
-
-
 def run_in_fakeroot(config, opts, work, target, key, host_lib):
     """Everything that must see the fakeroot view: prepare, then run."""
     env = sandbox.fakeroot_env(key, host_lib, os.environ)
