@@ -1,16 +1,23 @@
 """Recipe branches: the final stage's tree as a commit on the recipe's ref.
 
 A new commit is added, with the branch's previous commit as parent, only
-when the tree differs from it.  It carries a version (``YYYYMMDD.N``, N
-counting builds of that day) and metadata naming the lockfile's SHA256 and
-the source revision (``git describe`` of the checkout).
+when the tree differs from it.  It carries a version (the recipe's
+``version``, or ``YYYYMMDD.N`` with N counting builds of that day), a body
+listing the package changes against the parent (so ``ostree log`` reads as
+a changelog), and metadata naming the lockfile's SHA256 and the source
+revision (``git describe`` of the checkout).
+
+The previous commit is the local repository's branch, or the published
+repository's (``build/publish``, restored from a CI cache or pulled with
+``tools/pull-published``) when the local one is missing or not its
+descendant: the published history is the one devices follow.
 """
 
 import hashlib
 import json
 import time
 
-from . import ostree, proc
+from . import history, ostree, proc, publish
 from .project import load_config
 from .files import write_if_changed
 from .stagerun import read_commit_file
@@ -40,13 +47,15 @@ def commit_branch(config_path, options_path, stage_path, out_path):
     repo = ostree.Repo(config.repo)
     gi_repo = repo.open_gi()
     branch = opts["branch"]
-    previous = repo.rev_parse(branch)
+    previous = parent_commit(config, repo, gi_repo, branch)
     _, stage_root, _ = gi_repo.read_commit(stage_commit, None)
     if previous:
         _, prev_root, _ = gi_repo.read_commit(previous, None)
         if prev_root.tree_get_contents_checksum() == stage_root.tree_get_contents_checksum() \
                 and prev_root.tree_get_metadata_checksum() == \
                 stage_root.tree_get_metadata_checksum():
+            if repo.rev_parse(branch) != previous:  # continued from publish
+                gi_repo.set_ref_immediate(None, branch, previous, None)
             write_if_changed(out_path, previous + "\n")
             return previous
     with open(opts["lockfile"], "rb") as f:
@@ -56,10 +65,22 @@ def commit_branch(config_path, options_path, stage_path, out_path):
     if previous:
         _, variant, _ = gi_repo.load_commit(previous)
         prev_version = variant.get_child_value(0).unpack().get("version")
-    version = next_version(prev_version, timestamp)
+    version = opts.get("version") or next_version(prev_version, timestamp)
+    if opts.get("version") and prev_version == version:
+        print(f"{branch}: warning: version {version} is also the previous "
+              "commit's; raise 'version' in the recipe")
+    changes = history.diff(history.commit_packages(gi_repo, previous)
+                           if previous else {},
+                           history.commit_packages(gi_repo, stage_commit))
+    if not previous:
+        body = f"First commit: {len(changes.added)} packages"
+    elif changes:
+        body = "\n".join(changes.lines())
+    else:
+        body = "Packages: unchanged (files or settings changed)"
     argv = ["ostree", "commit", f"--repo={config.repo}", f"--branch={branch}",
             f"--tree=ref={stage_commit}", "--no-bindings", "--fsync=false",
-            f"--subject={opts['recipe']} {version}",
+            f"--subject={opts['recipe']} {version}", f"--body={body}",
             f"--add-metadata-string=version={version}",
             f"--add-metadata-string=debostree.lockfile-sha256={lock_digest}",
             f"--add-metadata-string=debostree.source={source_revision(config.top)}",
@@ -72,5 +93,37 @@ def commit_branch(config_path, options_path, stage_path, out_path):
     commit = ostree.retry_staging_race(
         lambda: proc.run(argv, capture=True).stdout.strip())
     write_if_changed(out_path, commit + "\n")
-    print(f"{branch}: {commit} (version {version})")
+    print(f"{branch}: {commit} (version {version}; "
+          f"{changes.summary() if previous else 'first commit'})")
     return commit
+
+
+def parent_commit(config, repo, gi_repo, branch):
+    """The commit a new one on ``branch`` follows (None: the first)."""
+    local = repo.rev_parse(branch)
+    published_repo = ostree.Repo(publish.repo_path(config))
+    if not published_repo.exists():
+        return local
+    published = published_repo.rev_parse(branch)
+    if not published or published == local:
+        return local
+    if local and _is_ancestor(gi_repo, published, local):
+        return local
+    # The published head is the history devices follow: continue it.
+    proc.run(["ostree", "pull-local", f"--repo={config.repo}",
+              published_repo.path, published])
+    print(f"{branch}: continuing the published history at {published}")
+    return published
+
+
+def _is_ancestor(gi_repo, ancestor, commit):
+    from gi.repository import GLib, OSTree
+    while commit:
+        if commit == ancestor:
+            return True
+        try:
+            _, variant, _ = gi_repo.load_commit(commit)
+        except GLib.Error:
+            return False  # history cut short (a shallow pull)
+        commit = OSTree.commit_get_parent(variant)
+    return False

@@ -8,7 +8,7 @@ they were.
 import os
 import sys
 
-from . import files, graph, lockfile, mirrors, ninja, recipe, update
+from . import files, graph, lockfile, mirrors, ninja, publish, recipe, update
 from .errors import UserError, display_path
 from .project import TOP, BuildConfig
 
@@ -16,10 +16,14 @@ from .project import TOP, BuildConfig
 def load_locks(recipes, lockfile_dir):
     """Read and check the lockfile of every recipe and architecture.
 
-    Returns ``{(recipe, arch): (path, entries or None when missing)}``.
+    Returns ``{(recipe, arch): (path, entries or None)}`` and
+    ``{(recipe, arch): problem}`` for the lockfiles that are missing or no
+    longer match their recipe: those recipes' targets fail with the problem,
+    while 'ninja update-lockfiles' (the fix) still works.
     """
     by_name = {r.name: r for r in recipes}
     locks = {}
+    problems = {}
     for rec in recipes:
         for arch in rec.architectures:
             path = os.path.join(lockfile_dir, lockfile.lockfile_name(rec.name, arch))
@@ -27,6 +31,9 @@ def load_locks(recipes, lockfile_dir):
                 locks[(rec.name, arch)] = (path, lockfile.read(path))
             else:
                 locks[(rec.name, arch)] = (path, None)
+                problems[(rec.name, arch)] = (
+                    f"{display_path(path)}: missing; run 'ninja "
+                    "update-lockfiles' and commit it")
     for rec in recipes:
         for arch in rec.architectures:
             path, entries = locks[(rec.name, arch)]
@@ -41,8 +48,12 @@ def load_locks(recipes, lockfile_dir):
                 other_entries = locks.get((other.name, arch), (None, None))[1]
                 inherited += other_entries or []
                 parent = other.parent
-            update.check_consistency(rec, arch, entries, path, inherited)
-    return locks
+            try:
+                update.check_consistency(rec, arch, entries, path, inherited)
+            except UserError as error:
+                locks[(rec.name, arch)] = (path, None)
+                problems[(rec.name, arch)] = error.format()
+    return locks, problems
 
 
 def configure(args, argv):
@@ -55,7 +66,7 @@ def configure(args, argv):
     if not recipes:
         raise UserError("no recipes found", path=recipes_dir,
                         hint="add a RECIPE.yaml file")
-    locks = load_locks(recipes, lockfile_dir)
+    locks, lock_problems = load_locks(recipes, lockfile_dir)
     mirror_config = mirrors.Mirrors(cli=args.mirror)
     by_name = {r.name: r for r in recipes}
     archives = {}
@@ -70,21 +81,21 @@ def configure(args, argv):
     config = BuildConfig(top=top, builddir=builddir, pool=pool,
                          recipes=recipes_dir, lockfiles=lockfile_dir,
                          mirrors=mirror_map, python=sys.executable,
-                         host_arch=update.host_architecture())
+                         host_arch=update.host_architecture(),
+                         publish=publish.read_settings())
     # ninja runs the regeneration in the directory of build.ninja, which is
     # where configure runs, so the arguments keep their meaning there.
     configure_args = list(argv)
-    builder = graph.GraphBuilder(config, recipes, locks, configure_args)
+    builder = graph.GraphBuilder(config, recipes, locks, configure_args,
+                                 lock_problems)
     text = ninja.render(builder.build(), os.path.join(top, "build.ninja.in"))
     os.makedirs(lockfile_dir, exist_ok=True)
     config.save()
     # Always rewritten: ninja reruns a generator whose output is older than
     # its inputs.
     files.write_atomically(os.path.join(os.getcwd(), "build.ninja"), text)
-    missing = [p for p, e in locks.values() if e is None]
-    for path in missing:
-        print(f"configure: warning: {display_path(path)} is missing; run "
-              "'ninja update-lockfiles'", file=sys.stderr)
+    for key in sorted(lock_problems):
+        print(f"configure: warning: {lock_problems[key]}", file=sys.stderr)
     print(f"configure: {len(recipes)} recipes, "
           f"{sum(len(e or []) for _, e in locks.values())} locked packages; "
           "wrote build.ninja", file=sys.stderr)

@@ -12,6 +12,7 @@ import json
 import os
 
 from . import fetch, files, lockfile, ostree
+from .recipe import STAGE_KINDS
 from .update import SANDBOX_STAGE
 from .ninja import Build, Graph, Raw, Rule, shell_args
 
@@ -37,10 +38,12 @@ def rel(path, top):
 
 
 class GraphBuilder:
-    def __init__(self, config, recipes, locks, configure_args):
+    def __init__(self, config, recipes, locks, configure_args,
+                 lock_problems=None):
         self.config = config
         self.recipes = recipes
         self.locks = locks  # {(recipe, arch): (path, entries) or (path, None)}
+        self.lock_problems = lock_problems or {}
         self.configure_args = configure_args
         self.graph = Graph()
         self.top = config.top
@@ -88,7 +91,7 @@ class GraphBuilder:
         g.rules.append(Rule(
             "import_debs", run("tools", "import-debs") + " --config $config $list",
             "IMPORT $count packages", {"restat": "1"}))
-        for kind in ("bootstrap", "install", "remove", "run", "copy"):
+        for kind in STAGE_KINDS:
             g.rules.append(Rule(
                 f"stage_{kind}", run("stages", kind)
                 + " --config $config --options $options $parent_arg --out $out",
@@ -97,6 +100,12 @@ class GraphBuilder:
             "branch", run("tools", "commit-branch")
             + " --config $config --options $options --stage $in --out $out",
             "BRANCH $branch", {"restat": "1"}))
+        g.rules.append(Rule(
+            "publish", run("tools", "publish") + " --config $config --out $out $in",
+            "PUBLISH $out", {"pool": "console"}))
+        g.rules.append(Rule(
+            "pull_published", run("tools", "pull-published") + " --config $config",
+            "PULL-PUBLISHED", {"pool": "console"}))
         g.rules.append(Rule(
             "check_arch", run("tools", "check-arch") + " $arch $out",
             "CHECK $arch programs run here"))
@@ -110,6 +119,7 @@ class GraphBuilder:
                               variables={"flags": Raw("--check")}))
         defaults = []
         all_fetch = []
+        branch_outs = []
         for recipe in self.recipes:
             recipe_targets = []
             for arch in recipe.architectures:
@@ -118,9 +128,9 @@ class GraphBuilder:
                     target = f"{recipe.name}/{arch}/lockfile"
                     g.builds.append(Build([target], "missing_lockfile", variables={
                         "name": target,
-                        "message": Raw(shell_args([
-                            f"{self.p(path)}: missing; run 'ninja "
-                            "update-lockfiles' and commit it"]))}))
+                        "message": Raw(shell_args([self.lock_problems.get(
+                            (recipe.name, arch), f"{self.p(path)}: missing; "
+                            "run 'ninja update-lockfiles' and commit it")]))}))
                     recipe_targets.append(target)
                     continue
                 debs = [self.fetch_edge(entry) for entry in entries]
@@ -130,6 +140,7 @@ class GraphBuilder:
                 all_fetch += debs
                 branch_out = self.branch_edge(recipe, arch)
                 recipe_targets.append(branch_out)
+                branch_outs.append(branch_out)
                 if len(recipe.architectures) > 1:
                     g.builds.append(Build([f"{recipe.name}/{arch}"], "phony",
                                           [branch_out]))
@@ -148,6 +159,13 @@ class GraphBuilder:
             defaults.append(recipe.name)
         self.import_all()
         g.builds.append(Build(["fetch"], "phony", sorted(set(all_fetch))))
+        # The summary is rewritten by every publish: ninja's output for it
+        # (and gone, so rerun, when the published repository is removed).
+        stamp = self.p(os.path.join(self.config.builddir, "publish", "summary"))
+        g.builds.append(Build([stamp], "publish", branch_outs,
+                              implicit=[self.p(self.config.config_path)]))
+        g.builds.append(Build(["publish"], "phony", [stamp]))
+        g.builds.append(Build(["pull-published"], "pull_published"))
         g.defaults = defaults
         return g
 
@@ -276,6 +294,8 @@ class GraphBuilder:
                               "mode": item.mode})
                 implicit += _source_files(src)
             options["items"] = items
+        elif stage.kind == "deployable":
+            options["dracut_modules"] = list(stage.options["dracut_modules"])
         self.write_options(options_path, options)
         self.graph.builds.append(Build(
             [self.p(out)], f"stage_{stage.kind}", [self.p(i) for i in inputs],
@@ -309,7 +329,7 @@ class GraphBuilder:
         options_path = base + ".options.json"
         self.write_options(options_path, {
             "recipe": recipe.name, "arch": arch, "branch": recipe.ref_for(arch),
-            "lockfile": os.path.abspath(path),
+            "lockfile": os.path.abspath(path), "version": recipe.version,
             "commit_timestamp": int(os.environ["SOURCE_DATE_EPOCH"])
             if os.environ.get("SOURCE_DATE_EPOCH") else None})
         out = self.p(base + ".commit")

@@ -65,6 +65,9 @@ class Repo:
             proc.run(["ostree", "config", f"--repo={self.path}", "set",
                       "core.fsync", "false"])
 
+    def exists(self):
+        return os.path.exists(os.path.join(self.path, "config"))
+
     def rev_parse(self, ref):
         result = proc.run(["ostree", "rev-parse", f"--repo={self.path}", ref],
                           capture=True, check=False)

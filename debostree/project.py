@@ -10,7 +10,7 @@ commands read so that a mirror change does not change their command lines.
 import json
 import os
 import sys
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, field
 
 from .errors import UserError
 
@@ -27,6 +27,7 @@ class BuildConfig:
     mirrors: dict
     python: str = sys.executable
     host_arch: str = "amd64"
+    publish: dict = field(default_factory=dict)  # publish.read_settings()
 
     @property
     def config_path(self):

@@ -32,6 +32,7 @@ PACKAGE_RE = re.compile(
     r"^(?P<name>[a-z0-9][a-z0-9+.-]+)(?::(?P<arch>[a-z0-9-]+))?"
     r"(?:=(?P<version>[A-Za-z0-9.+~:-]+))?$")
 REF_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]*$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MODE_RE = re.compile(r"^0?[0-7]{3,4}$")
 OWNER_RE = re.compile(r"^([a-z_][a-z0-9_-]*|[0-9]+)$")
@@ -91,6 +92,7 @@ class Recipe:
     environment: dict = field(default_factory=dict)
     parent: str = None  # "recipe/stage" the first stage starts from
     source: yamlsrc.Source = None
+    version: str = None  # the branch commits' version; None: automatic
 
     def stage(self, name):
         for stage in self.stages:
@@ -282,6 +284,23 @@ def _stage_copy(src, keypath, value, recipe):
     return {"items": tuple(items)}
 
 
+def _stage_deployable(src, keypath, value, recipe):
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise src.error(keypath, f"expected a mapping (or {{}}), got "
+                        f"{_describe(value)}")
+    _check_keys(src, keypath, value, {"dracut-modules"})
+    modules = _string_list(src, keypath + ("dracut-modules",),
+                           value.get("dracut-modules", []),
+                           what="dracut module name", allow_empty=True)
+    for i, module in enumerate(modules):
+        if not NAME_RE.match(module):
+            raise src.error(keypath + ("dracut-modules", i),
+                            f"invalid dracut module name '{module}'")
+    return {"dracut_modules": tuple(modules)}
+
+
 # The stage kinds: recipe key -> option validator.  Adding a kind means a
 # validator here and an executable under stages/.
 STAGE_KINDS = {
@@ -290,10 +309,11 @@ STAGE_KINDS = {
     "remove": _stage_remove,
     "run": _stage_run,
     "copy": _stage_copy,
+    "deployable": _stage_deployable,
 }
 
 RECIPE_KEYS = {"ref", "architecture", "architectures", "archives", "stages",
-               "recommends", "environment", "from", "description"}
+               "recommends", "environment", "from", "description", "version"}
 ARCHIVE_KEYS = {"name", "suites", "components", "keyring"}
 STAGE_KEYS = {"name", "from", "environment"} | set(STAGE_KINDS)
 
@@ -383,6 +403,13 @@ def load_recipe(path):
         raise src.error(("recommends",), f"expected true or false, got "
                         f"{_describe(recommends)}")
     environment = _environment(src, ("environment",), data.get("environment"))
+    version = None
+    if "version" in data:
+        if isinstance(data["version"], (int, float)):
+            raise src.error(("version",), "the version must be a string",
+                            hint=f'quote it: version: "{data["version"]}"')
+        version = _string(src, ("version",), data["version"], VERSION_RE,
+                          "a version (letters, digits, '.', '_', '+', '~', '-')")
 
     raw_stages = data["stages"]
     if not isinstance(raw_stages, list) or not raw_stages:
@@ -428,12 +455,19 @@ def load_recipe(path):
                             _environment(src, keypath + ("environment",),
                                          raw.get("environment")),
                             src.line(keypath)))
+    deployable = [s for s in stages if s.kind == "deployable"]
+    if deployable and stages[-1] is not deployable[-1] or len(deployable) > 1:
+        index = stages.index(deployable[0])
+        raise src.error(root + ("stages", index), "a 'deployable' stage must be "
+                        "the recipe's last stage", hint="it moves /etc and "
+                        "/var's content under /usr; later stages would not find "
+                        "them")
     if not archives and parent is None and \
             any(s.kind in ("bootstrap", "install") for s in stages):
         raise src.error(root, "missing required key 'archives'",
                         hint="stages that install packages need archives")
     return Recipe(name, os.path.abspath(path), ref, arches, tuple(archives),
-                  stages, recommends, environment, parent, src)
+                  stages, recommends, environment, parent, src, version)
 
 
 def load_recipes(directory):

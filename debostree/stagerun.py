@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from . import debimport, files, manifest, ostree, proc, sandbox
+from . import debimport, deployable, files, manifest, ostree, proc, sandbox
 from .errors import UserError
 from .project import load_config
 
@@ -423,6 +423,9 @@ def run_in_fakeroot(config, opts, work, target, key, host_lib):
         finally:
             if created:
                 _rmtree(target + created)
+    if opts["kind"] == "deployable":
+        with timed("rearrange"):
+            proc.run(helper + ["deployable", target], env=env)
 
 
 def options_path_of(work):
@@ -444,7 +447,7 @@ def stage_command(opts):
     kind = opts["kind"]
     if kind == "run":
         return ["/bin/sh", "-c", "set -e\n" + opts["script"]]
-    if kind in ("bootstrap", "install", "remove"):
+    if kind in ("bootstrap", "install", "remove", "deployable"):
         return ["/bin/sh", "-e", "/run/debostree/script"]
     return None
 
@@ -515,6 +518,8 @@ def _write_run_files(opts, work, target):
                      f"apt-get -o Dir::State::Lists=/tmp/lists -o Dir::Cache::pkgcache= "
                      f"-o Dir::Cache::srcpkgcache= purge -y {names}; "
                      f"else dpkg --purge {names}; fi")
+    elif kind == "deployable":
+        lines += deployable.kernel_script(opts["dracut_modules"])
     with open(os.path.join(run, "script"), "w") as f:
         f.write(sandbox.shell_script(lines))
 
@@ -625,6 +630,8 @@ def main(argv):
         prepare(*argv[1:])
     elif command == "xattrs":
         xattrs(*argv[1:])
+    elif command == "deployable":
+        deployable.rearrange(*argv[1:])
     else:
         raise SystemExit(f"unknown command {command}")
     return 0

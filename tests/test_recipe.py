@@ -58,6 +58,20 @@ def test_good_recipe(tmp_path):
 def test_default_recipes_are_valid():
     recipes = recipe.load_recipes(os.path.join(TOP, "recipes"))
     assert "minimal" in [r.name for r in recipes]
+    server = [r for r in recipes if r.name == "server"][0]
+    assert server.stages[-1].kind == "deployable"
+
+
+def test_deployable_and_version(tmp_path):
+    rec = recipe.load_recipe(write(tmp_path, GOOD.replace(
+        "  - {name: slim, remove: [iproute2]}",
+        "  - {name: ostree, deployable: {dracut-modules: [lvm]}}")
+        + 'version: "2.1"\n'))
+    assert rec.stages[-1].options == {"dracut_modules": ("lvm",)}
+    assert rec.version == "2.1"
+    rec = recipe.load_recipe(write(tmp_path, GOOD.replace(
+        "  - {name: slim, remove: [iproute2]}", "  - {name: o, deployable: }")))
+    assert rec.stages[-1].options == {"dracut_modules": ()} and rec.version is None
 
 
 def test_malformed_yaml_names_file_and_line(tmp_path):
@@ -92,6 +106,18 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
      "invalid OSTree ref"),
     ("name: debian-security,", "name: debian,", 5, "archives[1].name",
      "listed twice"),
+    ("{name: slim, remove: [iproute2]}",
+     "{name: slim, remove: [iproute2]}\n  - {name: d, deployable: {bogus: 1}}",
+     15, "stages[5].deployable.bogus", "unknown key 'bogus'"),
+    ("{name: slim, remove: [iproute2]}",
+     "{name: slim, deployable: {dracut-modules: [\"bad name\"]}}", 14,
+     "stages[4].deployable.dracut-modules[0]", "invalid dracut module name"),
+    ("{name: users, run:", "{name: ostree, deployable: {}}\n  - {name: users, run:",
+     9, "stages[1]", "must be the recipe's last stage"),
+    ("environment: {LANG: C.UTF-8}", "environment: {LANG: C.UTF-8}\nversion: 1.10",
+     7, "version", "quote it"),
+    ("environment: {LANG: C.UTF-8}", "environment: {LANG: C.UTF-8}\nversion: 'a b'",
+     7, "version", "invalid value"),
 ])
 def test_bad_values(tmp_path, old, new, line, key, words):
     assert old in GOOD

@@ -1,0 +1,276 @@
+"""The 'deployable' stage kind: a Debian tree rearranged into what
+``ostree admin deploy`` expects, and a device boots.
+
+What OSTree needs, and why each step is here:
+
+* The kernel and an initramfs in ``/usr/lib/modules/VERSION/`` (``vmlinuz``
+  and ``initramfs.img``): ``ostree admin deploy`` copies them from there into
+  ``/boot`` and writes the boot entries.  The initramfs is dracut's with the
+  ``ostree`` module (Debian's ostree-boot package): it finds the deployment
+  named by the ``ostree=`` kernel argument and makes it the root.  It is built
+  generic (``--no-hostonly``), as the build host is not the device.
+* ``/etc`` becomes ``/usr/etc``: the deployment's ``/etc`` is a three-way
+  merge of the new ``/usr/etc``, the old one and the device's changes.
+* ``/var`` holds no OS content: ostree shares one ``/var`` between all
+  deployments and never updates it.  The package state dpkg, apt and debconf
+  keep under ``/var`` moves to ``/usr/lib/sysimage/`` (read-only, matching
+  the tree, as rpm-ostree does with the rpm database), with links back from
+  ``/var``; every other directory, link and file under ``/var`` becomes a
+  tmpfiles.d line (files are kept in ``/usr/share/factory/var`` and copied
+  when missing), so the first boot and every boot after an upgrade create
+  what the new tree needs.  Logs and caches are dropped.
+* ``/home``, ``/root``, ``/opt``, ``/srv``, ``/mnt`` and ``/usr/local`` are
+  links into ``/var`` (``/var/home``, ``/var/roothome``, ...), ``/media``
+  into ``/run``: they hold the device's data, which must survive upgrades.
+* ``/sysroot`` (where the physical root is mounted) and ``/ostree`` (a link
+  to ``sysroot/ostree``) exist, ``/boot`` is empty (the boot partition is
+  mounted there), and ``/etc/machine-id`` is "uninitialized" so that each
+  device makes its own.
+
+The kernel part runs inside the sandbox (``dracut`` is the tree's own); the
+rearrangement runs on the host under the stage's fakeroot, so owners and
+modes are kept exactly.  It is the last stage of a recipe: later stages would
+not find ``/var/lib/dpkg`` or ``/etc`` where Debian's tools look.
+"""
+
+import errno
+import os
+import shutil
+
+from .errors import UserError
+
+TMPFILES = "/usr/lib/tmpfiles.d/debostree-var.conf"
+FACTORY = "/usr/share/factory"
+SYSIMAGE = "/usr/lib/sysimage"
+
+# Package state under /var -> its place under /usr.
+STATE_DIRS = (("/var/lib/dpkg", SYSIMAGE + "/dpkg"),
+              ("/var/lib/apt", SYSIMAGE + "/apt"),
+              ("/var/cache/debconf", SYSIMAGE + "/debconf"))
+
+# Top-level directories that hold the device's data -> their link target.
+DATA_LINKS = (("/home", "var/home"), ("/root", "var/roothome"),
+              ("/opt", "var/opt"), ("/srv", "var/srv"), ("/mnt", "var/mnt"),
+              ("/usr/local", "../var/usrlocal"), ("/media", "run/media"))
+
+# Files under these are build leftovers (logs, caches, downloaded indices),
+# not content: they are dropped, their directories kept.
+DROPPED_FILES_UNDER = ("/var/log/", "/var/cache/apt/", "/var/lib/apt/lists/",
+                       "/var/cache/man/", "/var/tmp/", "/var/cache/ldconfig/")
+
+
+def kernel_script(dracut_modules):
+    """Shell lines run in the sandbox: build the initramfs, move the kernel."""
+    modules = " ".join(["ostree"] + list(dracut_modules))
+    return [
+        'fail() { echo "deployable: $*" >&2; exit 1; }',
+        "[ -d /usr/lib/modules ] || fail 'no kernel in /usr/lib/modules: "
+        "install a kernel package (for example linux-image-amd64) in an "
+        "earlier stage'",
+        "set -- $(ls /usr/lib/modules)",
+        '[ $# -eq 1 ] || fail "expected one kernel in /usr/lib/modules, '
+        'found $#: $*; remove the others in an earlier stage"',
+        "kver=$1 dir=/usr/lib/modules/$1",
+        "command -v dracut >/dev/null || fail 'dracut is not installed: add "
+        "dracut and ostree-boot to an earlier stage'",
+        "[ -d /usr/lib/dracut/modules.d/98ostree ] || fail 'dracut has no "
+        "ostree module: add ostree-boot to an earlier stage'",
+        '[ -e "$dir/vmlinuz" ] || mv "/boot/vmlinuz-$kver" "$dir/vmlinuz" || '
+        'fail "no kernel image $dir/vmlinuz or /boot/vmlinuz-$kver"',
+        "for f in config System.map; do [ ! -e \"/boot/$f-$kver\" ] || "
+        "mv \"/boot/$f-$kver\" \"$dir/$f\"; done",
+        'echo "deployable: initramfs for $kver with dracut modules: '
+        f'{modules}"',
+        # zstd when the tree has it: dracut's default (gzip -9) takes
+        # minutes on a generic initramfs, zstd seconds.
+        'compress="gzip -n -6"; ! command -v zstd >/dev/null || '
+        'compress="zstd -q -T0 -10"',
+        f'dracut --quiet --force --no-hostonly --reproducible --add "{modules}" '
+        '--compress "$compress" --kver "$kver" "$dir/initramfs.img"',
+        'rm -f "/boot/vmlinuz-$kver" "/boot/initrd.img-$kver" /vmlinuz '
+        "/vmlinuz.old /initrd.img /initrd.img.old",
+    ]
+
+
+def rearrange(target):
+    """The host-side part, run under the stage's fakeroot: see the module's
+    docstring.  ``target`` is the tree's root directory."""
+    if os.path.lexists(target + "/usr/etc"):
+        raise UserError("deployable: the tree already has /usr/etc",
+                        hint="a tree is made deployable once, by the last stage")
+    if not os.path.isdir(target + "/etc") or os.path.islink(target + "/etc"):
+        raise UserError("deployable: the tree has no /etc directory")
+    for path, link in DATA_LINKS:
+        full = target + path
+        if os.path.isdir(full) and not os.path.islink(full):
+            dest = os.path.normpath(os.path.join(os.path.dirname(full), link))
+            if not link.startswith("run/"):
+                _move(full, dest)
+            else:
+                shutil.rmtree(full)
+        elif os.path.lexists(full):
+            os.unlink(full)
+        os.symlink(link, full)
+    for path, dest in STATE_DIRS:
+        if os.path.isdir(target + path) and not os.path.islink(target + path):
+            os.makedirs(os.path.dirname(target + dest), exist_ok=True)
+            _move(target + path, target + dest)
+            # Relative, so that tools given the tree as --root find it too.
+            os.symlink(os.path.relpath(dest, os.path.dirname(path)),
+                       target + path)
+    _override_tmpfiles_for_links(target)
+    lines = _var_to_tmpfiles(target)
+    with open(target + TMPFILES, "w", encoding="utf-8") as f:
+        f.write("# What /var needs, made by the image build from the tree's "
+                "/var:\n# directories, links, and files copied from "
+                f"{FACTORY}/var.\n")
+        f.write("".join(line + "\n" for line in lines))
+    os.chmod(target + TMPFILES, 0o644)
+    machine_id = target + "/etc/machine-id"
+    if os.path.lexists(machine_id):
+        os.unlink(machine_id)
+        with open(machine_id, "w") as f:
+            f.write("uninitialized\n")
+        os.chmod(machine_id, 0o444)
+    _move(target + "/etc", target + "/usr/etc")
+    boot = target + "/boot"
+    if os.path.isdir(boot):
+        for name in os.listdir(boot):
+            _remove(os.path.join(boot, name))
+    else:
+        os.mkdir(boot, 0o755)
+    if not os.path.isdir(target + "/sysroot"):
+        os.mkdir(target + "/sysroot", 0o755)
+    if os.path.lexists(target + "/ostree"):
+        _remove(target + "/ostree")
+    os.symlink("sysroot/ostree", target + "/ostree")
+
+
+def _override_tmpfiles_for_links(target):
+    """The tree's tmpfiles.d files that create the top-level directories
+    now linked into /var (systemd's home.conf: /home, /srv, /root) would
+    warn at every boot; the systemd way to drop lines is a file of the same
+    name in /etc/tmpfiles.d, here a copy with those lines commented out."""
+    linked = {path for path, _ in DATA_LINKS}
+    directory = target + "/usr/lib/tmpfiles.d"
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return
+    for name in names:
+        override = target + "/etc/tmpfiles.d/" + name
+        if not name.endswith(".conf") or os.path.lexists(override):
+            continue
+        with open(os.path.join(directory, name), encoding="utf-8",
+                  errors="replace") as f:
+            lines = f.read().splitlines()
+        out = []
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 2 and fields[1] in linked and \
+                    fields[0].rstrip("!+-=~^") in ("d", "D", "v", "q", "Q", "e"):
+                out.append("# a link into /var on OSTree systems: " + line)
+            else:
+                out.append(line)
+        if out != lines:
+            os.makedirs(os.path.dirname(override), exist_ok=True)
+            with open(override, "w", encoding="utf-8") as f:
+                f.write(f"# /usr/lib/tmpfiles.d/{name} without the directories "
+                        "that are links here.\n" + "\n".join(out) + "\n")
+            os.chmod(override, 0o644)
+
+
+def _declared_paths(target):
+    """Paths that the tree's own tmpfiles.d files already declare."""
+    declared = set()
+    for directory in ("/usr/lib/tmpfiles.d", "/etc/tmpfiles.d"):
+        try:
+            names = os.listdir(target + directory)
+        except OSError:
+            continue
+        for name in names:
+            if not name.endswith(".conf"):
+                continue
+            try:
+                with open(os.path.join(target + directory, name),
+                          encoding="utf-8", errors="replace") as f:
+                    for line in f:
+                        fields = line.split()
+                        if len(fields) >= 2 and not fields[0].startswith("#"):
+                            declared.add(fields[1])
+            except OSError:
+                continue
+    return declared
+
+
+def _var_to_tmpfiles(target):
+    """Empty the tree's /var; return tmpfiles.d lines that recreate it."""
+    declared = _declared_paths(target)
+    lines = []
+    var = target + "/var"
+    for dirpath, dirnames, filenames in os.walk(var, topdown=True):
+        dirnames.sort()
+        rel_dir = dirpath[len(target):]
+        for name in sorted(dirnames + filenames):
+            full = os.path.join(dirpath, name)
+            path = os.path.join(rel_dir, name)
+            st = os.lstat(full)
+            mode = f"{st.st_mode & 0o7777:04o}"
+            owner = f"{st.st_uid} {st.st_gid}"
+            if os.path.islink(full):
+                if path not in declared:
+                    lines.append(f"L {_quote(path)} - - - - {_quote(os.readlink(full))}")
+            elif os.path.isdir(full):
+                if path not in declared:
+                    lines.append(f"d {_quote(path)} {mode} {owner} -")
+            elif os.path.isfile(full):
+                if path.startswith(DROPPED_FILES_UNDER) or path in declared:
+                    continue
+                kept = target + FACTORY + path
+                os.makedirs(os.path.dirname(kept), exist_ok=True)
+                os.rename(full, kept)
+                lines.append(f"C {_quote(path)} - - - - {_quote(FACTORY + path)}")
+    for name in os.listdir(var):
+        _remove(os.path.join(var, name))
+    return lines
+
+
+def _quote(path):
+    """A tmpfiles.d path field: C-style escapes for what would split it."""
+    return "".join(f"\\x{ord(c):02x}" if c.isspace() or c == "\\" else c
+                   for c in path)
+
+
+def _move(src, dest):
+    """Rename ``src`` to ``dest`` (merging into a directory already there);
+    an overlay refuses to rename directories
+    it merges (EXDEV), so those are rebuilt at ``dest`` with the same owner,
+    mode and xattrs while their entries are renamed one by one (files keep
+    their inodes, so fakeroot keeps their owners)."""
+    merge = os.path.isdir(dest) and not os.path.islink(dest)
+    if not merge:
+        try:
+            os.rename(src, dest)
+            return
+        except OSError as error:
+            if error.errno != errno.EXDEV:
+                raise
+    st = os.lstat(src)
+    if not merge:  # else: merged into the directory that is there
+        os.mkdir(dest)
+    os.chown(dest, st.st_uid, st.st_gid, follow_symlinks=False)
+    os.chmod(dest, st.st_mode & 0o7777)
+    for name in os.listxattr(src, follow_symlinks=False):
+        os.setxattr(dest, name, os.getxattr(src, name, follow_symlinks=False),
+                    follow_symlinks=False)
+    for name in os.listdir(src):
+        _move(os.path.join(src, name), os.path.join(dest, name))
+    os.rmdir(src)
+    os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)

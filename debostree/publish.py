@@ -1,0 +1,253 @@
+"""Publishing: the recipes' branches in an archive-mode OSTree repository
+(``BUILDDIR/publish``) that any static HTTP server can serve to devices.
+
+``ninja publish`` copies each branch's new commits (with the ones between
+it and what was published before) from the build repository, generates a
+static delta from each branch's previous commit to its new one, signs the
+new commits and the summary, and updates the summary.
+
+Signing is configured in the publish configuration file (see
+``read_settings``): an ed25519 secret key file (``ostree sign``; needs an
+ostree built with libsodium) or a GPG key (``ostree gpg-sign``).  Without
+one the repository is published unsigned, and publish says so.
+
+``pull_published`` brings a published repository's branches back into
+``BUILDDIR/publish`` on another machine, so that builds there continue its
+history (see ``branch.parent_commit``).
+"""
+
+import os
+import re
+import shutil
+
+from . import ostree, proc, yamlsrc
+from .errors import UserError
+
+CONFIG_ENV_VAR = "DEBOSTREE_PUBLISH_CONFIG"
+SETTINGS_KEYS = {"url", "ed25519-key", "gpg-key", "gpg-homedir"}
+URL_RE = re.compile(r"^(https?|file)://\S+$")
+GPG_KEY_RE = re.compile(r"^[0-9A-Fa-f]{8,40}$")
+
+
+def repo_path(config):
+    return os.path.join(config.builddir, "publish")
+
+
+def config_file():
+    explicit = os.environ.get(CONFIG_ENV_VAR)
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(
+        os.path.expanduser("~"), ".config")
+    return os.path.join(base, "debostree", "publish.yaml")
+
+
+def read_settings(path=None):
+    """The publish settings: ``{url, ed25519_key, gpg_key, gpg_homedir}``.
+
+    The file (``$DEBOSTREE_PUBLISH_CONFIG``, else
+    ``~/.config/debostree/publish.yaml``) is a mapping with ``url`` (where
+    devices find the published repository), and either ``ed25519-key`` (a
+    file with the base64 secret key) or ``gpg-key`` (a key id) with an
+    optional ``gpg-homedir``.  A missing file means: no URL, unsigned.
+    """
+    path = path or config_file()
+    if not os.path.exists(path):
+        return {}
+    data, src = yamlsrc.load(path)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError("expected a mapping with 'url' and a signing key",
+                        path=path, line=src.line(()))
+    for key in data:
+        if key not in SETTINGS_KEYS:
+            raise src.error((key,), f"unknown key '{key}'",
+                            hint="one of " + ", ".join(sorted(SETTINGS_KEYS)))
+    settings = {}
+    if "url" in data:
+        if not isinstance(data["url"], str) or not URL_RE.match(data["url"]):
+            raise src.error(("url",), f"invalid URL {data['url']!r}",
+                            hint="an http://, https:// or file:// URL")
+        settings["url"] = data["url"].rstrip("/")
+    if "ed25519-key" in data and "gpg-key" in data:
+        raise src.error(("gpg-key",), "set one of 'ed25519-key' and 'gpg-key'")
+    for key in ("ed25519-key", "gpg-homedir"):
+        if key in data:
+            value = data[key]
+            if not isinstance(value, str) or not value:
+                raise src.error((key,), f"expected a path, got {value!r}")
+            value = os.path.join(os.path.dirname(os.path.abspath(path)),
+                                 os.path.expanduser(value))
+            if not os.path.exists(value):
+                raise src.error((key,), f"no such file or directory: {value}")
+            settings[key.replace("-", "_")] = value
+    if "gpg-key" in data:
+        if not isinstance(data["gpg-key"], str) or \
+                not GPG_KEY_RE.match(data["gpg-key"]):
+            raise src.error(("gpg-key",), f"invalid GPG key id "
+                            f"{data['gpg-key']!r}", hint="its fingerprint, "
+                            "as 'gpg --list-secret-keys' shows")
+        settings["gpg_key"] = data["gpg-key"]
+    if "gpg_homedir" in settings and "gpg_key" not in settings:
+        raise src.error(("gpg-homedir",), "'gpg-homedir' needs 'gpg-key'")
+    return settings
+
+
+def ostree_has_ed25519():
+    result = proc.run(["ostree", "--version"], capture=True, check=False)
+    return "sign-ed25519" in result.stdout
+
+
+def _sign_args(settings):
+    """(commit signing argv tail, summary signing options, description)."""
+    if settings.get("ed25519_key"):
+        if not ostree_has_ed25519():
+            raise UserError("this host's ostree cannot make ed25519 signatures "
+                            "(it is built without libsodium: 'ostree --version' "
+                            "lists no sign-ed25519)", hint="use a GPG key "
+                            "('gpg-key' in the publish configuration) or an "
+                            "ostree with ed25519 support")
+        keys = ["--sign-type=ed25519", f"--keys-file={settings['ed25519_key']}"]
+        return "ed25519", keys, keys
+    if settings.get("gpg_key"):
+        home = [f"--gpg-homedir={settings['gpg_homedir']}"] \
+            if settings.get("gpg_homedir") else []
+        return "gpg", home, [f"--gpg-sign={settings['gpg_key']}"] + home
+    return None, [], []
+
+
+def _signed(gi_repo, commit, kind):
+    from gi.repository import GLib
+    try:
+        _, metadata = gi_repo.read_commit_detached_metadata(commit, None)
+    except GLib.Error:
+        return False
+    if metadata is None:
+        return False
+    key = "ostree.gpgsigs" if kind == "gpg" else "ostree.sign.ed25519"
+    return metadata.lookup_value(key, None) is not None
+
+
+def _new_commits(local_gi, published_gi, head):
+    """Commits from ``head`` back to (not including) the first one the
+    published repository has, oldest first."""
+    from gi.repository import GLib, OSTree
+    missing = []
+    commit = head
+    while commit:
+        try:
+            published_gi.load_commit(commit)
+            break
+        except GLib.Error:
+            pass
+        try:
+            _, variant, _ = local_gi.load_commit(commit)
+        except GLib.Error:
+            break  # the local history starts here (a shallow pull)
+        missing.append(commit)
+        commit = OSTree.commit_get_parent(variant)
+    return list(reversed(missing))
+
+
+def publish(config, branches, settings):
+    """Publish ``branches`` ({branch: commit}) into BUILDDIR/publish."""
+    from gi.repository import OSTree
+    kind, commit_sign, summary_sign = _sign_args(settings)
+    target = ostree.Repo(repo_path(config))
+    if not target.exists():
+        os.makedirs(target.path, exist_ok=True)
+        proc.run(["ostree", "init", "--mode=archive", f"--repo={target.path}"])
+    local_gi = ostree.Repo(config.repo).open_gi()
+    published_gi = target.open_gi()
+    for branch, head in sorted(branches.items()):
+        previous = target.rev_parse(branch)
+        new = _new_commits(local_gi, published_gi, head)
+        for commit in new:
+            proc.run(["ostree", "pull-local", f"--repo={target.path}",
+                      config.repo, commit])
+        published_gi = target.open_gi()
+        if kind:
+            for commit in [head] + new:
+                if not _signed(published_gi, commit, kind):
+                    if kind == "gpg":
+                        proc.run(["ostree", "gpg-sign", f"--repo={target.path}"]
+                                 + commit_sign + [commit, settings["gpg_key"]])
+                    else:
+                        proc.run(["ostree", "sign", f"--repo={target.path}"]
+                                 + commit_sign + [commit])
+        if previous != head:
+            published_gi.set_ref_immediate(None, branch, head, None)
+        _, variant, _ = published_gi.load_commit(head)
+        parent = OSTree.commit_get_parent(variant)
+        delta = ""
+        if parent and published_gi.has_object(OSTree.ObjectType.COMMIT,
+                                              parent, None)[1]:
+            if not _has_delta(target, parent, head):
+                proc.run(["ostree", "static-delta", "generate",
+                          f"--repo={target.path}", f"--from={parent}",
+                          f"--to={head}"])
+            delta = f", delta from {parent[:12]}"
+        state = "unchanged" if previous == head else \
+            f"{len(new)} new commit{'s' if len(new) != 1 else ''}"
+        print(f"publish: {branch} -> {head[:12]} ({state}{delta})")
+    proc.run(["ostree", "summary", f"--repo={target.path}", "--update"]
+             + summary_sign)
+    if not kind:
+        print("publish: WARNING: no signing key configured "
+              f"({config_file()}: 'ed25519-key' or 'gpg-key'); the "
+              "repository is unsigned, devices must not verify signatures")
+    else:
+        print(f"publish: commits and summary signed ({kind})")
+    print(f"publish: {target.path} is ready to be served over HTTP")
+
+
+def _has_delta(target, parent, head):
+    result = proc.run(["ostree", "static-delta", "show", f"--repo={target.path}",
+                       f"{parent}-{head}"], capture=True, check=False)
+    return result.returncode == 0
+
+
+def pull_published(config, url, branches, settings):
+    """Pull the published history at ``url`` into BUILDDIR/publish: each of
+    ``branches``' head commit and tree (older commits are not needed to
+    continue it), signatures verified when a GPG key is configured."""
+    target = ostree.Repo(repo_path(config))
+    if not target.exists():
+        os.makedirs(target.path, exist_ok=True)
+        proc.run(["ostree", "init", "--mode=archive", f"--repo={target.path}"])
+    verify = "true" if settings.get("gpg_key") else "false"
+    remote = "debostree-published"
+    proc.run(["ostree", "remote", "add", "--force", f"--repo={target.path}",
+              f"--set=gpg-verify={verify}", "--set=gpg-verify-summary=false",
+              remote, url])
+    if settings.get("gpg_key"):
+        _import_gpg_key(target, remote, settings)
+    result = proc.run(["ostree", "remote", "refs", f"--repo={target.path}",
+                       remote], capture=True)
+    available = {line.split(":", 1)[1] for line in result.stdout.split()}
+    wanted = sorted(b for b in branches if b in available)
+    for branch in sorted(set(branches) - available):
+        print(f"pull-published: {branch} is not published yet; its history "
+              "starts with the next build")
+    if wanted:
+        proc.run(["ostree", "pull", f"--repo={target.path}", "--mirror",
+                  remote] + wanted)
+    proc.run(["ostree", "remote", "delete", f"--repo={target.path}", remote])
+    for branch in wanted:
+        print(f"pull-published: {branch} at {target.rev_parse(branch)}")
+    return wanted
+
+
+def _import_gpg_key(target, remote, settings):
+    home = ["--homedir", settings["gpg_homedir"]] if settings.get("gpg_homedir") \
+        else []
+    exported = os.path.join(target.path, "tmp", "publish-key.gpg")
+    result = proc.run(["gpg", "--batch", "--export"] + home + [settings["gpg_key"]],
+                      capture=True, input=b"")
+    with open(exported, "wb") as f:
+        f.write(result.stdout)
+    proc.run(["ostree", "remote", "gpg-import", f"--repo={target.path}",
+              f"--keyring={exported}", remote])
+    os.unlink(exported)
+    shutil.rmtree(exported + ".d", ignore_errors=True)
