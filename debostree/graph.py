@@ -107,6 +107,12 @@ class GraphBuilder:
             "pull_published", run("tools", "pull-published") + " --config $config",
             "PULL-PUBLISHED", {"pool": "console"}))
         g.rules.append(Rule(
+            "image", run("tools", "make-image") + " --config $config --options "
+            "$options --commit $in --out $out", "IMAGE $out"))
+        g.rules.append(Rule(
+            "check_image_tools", run("tools", "make-image") + " --check-tools $out",
+            "CHECK host tools for disk images"))
+        g.rules.append(Rule(
             "check_arch", run("tools", "check-arch") + " $arch $out",
             "CHECK $arch programs run here"))
         g.rules.append(Rule(
@@ -122,6 +128,7 @@ class GraphBuilder:
         branch_outs = []
         for recipe in self.recipes:
             recipe_targets = []
+            image_targets = []
             for arch in recipe.architectures:
                 path, entries = self.locks[(recipe.name, arch)]
                 if entries is None:
@@ -141,6 +148,8 @@ class GraphBuilder:
                 branch_out = self.branch_edge(recipe, arch)
                 recipe_targets.append(branch_out)
                 branch_outs.append(branch_out)
+                if recipe.image is not None:
+                    image_targets.append(self.image_edge(recipe, arch, branch_out))
                 if len(recipe.architectures) > 1:
                     g.builds.append(Build([f"{recipe.name}/{arch}"], "phony",
                                           [branch_out]))
@@ -156,12 +165,15 @@ class GraphBuilder:
                             g.builds.append(Build(
                                 [f"{recipe.name}/{a}/{stage.name}"], "phony", [out]))
             g.builds.append(Build([recipe.name], "phony", recipe_targets))
+            if image_targets:
+                # The tools check first: missing tools stop the build before
+                # any stage of the image runs.
+                g.builds.append(Build([f"{recipe.name}.img"], "phony",
+                                      [self.image_tools_check()] + image_targets))
             defaults.append(recipe.name)
         self.import_all()
         g.builds.append(Build(["fetch"], "phony", sorted(set(all_fetch))))
-        # The summary is rewritten by every publish: ninja's output for it
-        # (and gone, so rerun, when the published repository is removed).
-        stamp = self.p(os.path.join(self.config.builddir, "publish", "summary"))
+        stamp = self.publish_stamp()
         g.builds.append(Build([stamp], "publish", branch_outs,
                               implicit=[self.p(self.config.config_path)]))
         g.builds.append(Build(["publish"], "phony", [stamp]))
@@ -308,6 +320,48 @@ class GraphBuilder:
                        + (f" {arch}" if len(recipe.architectures) > 1 else "")}))
         self.stage_outputs[key] = self.p(out)
         return self.p(out)
+
+    def publish_stamp(self):
+        # The summary is rewritten by every publish: ninja's output for it
+        # (and gone, so rerun, when the published repository is removed).
+        return self.p(os.path.join(self.config.builddir, "publish", "summary"))
+
+    def image_tools_check(self):
+        out = self.p(os.path.join(self.config.builddir, "checks", "image-tools.ok"))
+        if out not in self.checked:
+            self.checked.add(out)
+            self.graph.builds.append(Build([out], "check_image_tools"))
+        return out
+
+    def image_edge(self, recipe, arch, branch_out):
+        """The recipe's disk image for ``arch``, from its branch commit."""
+        base = os.path.join(self.config.builddir, "images", recipe.name, arch)
+        options_path = base + ".options.json"
+        kargs = list(recipe.image["kernel_arguments"])
+        publish = self.config.publish
+        self.write_options(options_path, {
+            "recipe": recipe.name, "recipe_path": recipe.path, "arch": arch,
+            "branch": recipe.ref_for(arch),
+            "osname": recipe.ref_for(arch).split("/")[0],
+            "size": recipe.image["size"], "boot_size": recipe.image["boot_size"],
+            "esp_size": recipe.image["esp_size"], "kernel_arguments": kargs,
+            "serial_console": any(k.startswith(("console=ttyS", "console=ttyAMA"))
+                                  for k in kargs),
+            "url": publish.get("url"), "gpg_key": publish.get("gpg_key"),
+            "gpg_homedir": publish.get("gpg_homedir"),
+            "log": os.path.join(self.config.builddir, "logs", recipe.name, arch,
+                                "image.log")})
+        out = self.p(os.path.join(self.config.builddir, "images",
+                                  f"{recipe.name}.{arch}.img"))
+        self.graph.builds.append(Build(
+            [out], "image", [branch_out],
+            implicit=[self.p(options_path), self.publish_stamp()],
+            order_only=[self.image_tools_check()],
+            variables={"options": Raw(shell_args([self.p(options_path)]))}))
+        if len(recipe.architectures) > 1:
+            self.graph.builds.append(Build([f"{recipe.name}/{arch}.img"], "phony",
+                                           [out]))
+        return out
 
     def arch_check(self, arch):
         """An edge that fails, before any stage of ``arch`` runs, when the

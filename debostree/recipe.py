@@ -93,6 +93,7 @@ class Recipe:
     parent: str = None  # "recipe/stage" the first stage starts from
     source: yamlsrc.Source = None
     version: str = None  # the branch commits' version; None: automatic
+    image: dict = None   # {size, boot_size, esp_size (bytes), kernel_arguments}
 
     def stage(self, name):
         for stage in self.stages:
@@ -284,6 +285,40 @@ def _stage_copy(src, keypath, value, recipe):
     return {"items": tuple(items)}
 
 
+def _image(src, value):
+    from .image import parse_size
+    keypath = ("image",)
+    if not isinstance(value, dict):
+        raise src.error(keypath, f"expected a mapping with 'size', got "
+                        f"{_describe(value)}")
+    _check_keys(src, keypath, value, IMAGE_KEYS, required=("size",))
+    image = {}
+    for key in ("size", "boot-size", "esp-size"):
+        text = value.get(key, IMAGE_DEFAULTS.get(key))
+        size = parse_size(text) if isinstance(text, (str, int)) else None
+        if not size or size % (1024 * 1024):
+            raise src.error(keypath + (key,), f"invalid size {text!r}",
+                            hint="a whole number of MiB: for example \"4G\" "
+                            "or \"512M\"")
+        image[key.replace("-", "_")] = size
+    if image["esp_size"] < 33 * 1024 * 1024:
+        raise src.error(keypath + ("esp-size",), "an EFI system partition "
+                        "needs at least 33M (FAT32)")
+    kargs = _string_list(src, keypath + ("kernel-arguments",),
+                         value.get("kernel-arguments", []),
+                         what="kernel argument", allow_empty=True)
+    for i, karg in enumerate(kargs):
+        if not KARG_RE.match(karg):
+            raise src.error(keypath + ("kernel-arguments", i),
+                            f"invalid kernel argument {karg!r}",
+                            hint="no spaces or quotes; one argument per item")
+        if karg.split("=")[0] in ("root", "ostree"):
+            raise src.error(keypath + ("kernel-arguments", i),
+                            f"'{karg.split('=')[0]}=' is set by the image build")
+    image["kernel_arguments"] = tuple(kargs)
+    return image
+
+
 def _stage_deployable(src, keypath, value, recipe):
     if value is None:
         value = {}
@@ -313,7 +348,11 @@ STAGE_KINDS = {
 }
 
 RECIPE_KEYS = {"ref", "architecture", "architectures", "archives", "stages",
-               "recommends", "environment", "from", "description", "version"}
+               "recommends", "environment", "from", "description", "version",
+               "image"}
+IMAGE_KEYS = {"size", "kernel-arguments", "boot-size", "esp-size"}
+IMAGE_DEFAULTS = {"boot-size": "512M", "esp-size": "64M"}
+KARG_RE = re.compile(r"^[^\s\"']+$")
 ARCHIVE_KEYS = {"name", "suites", "components", "keyring"}
 STAGE_KEYS = {"name", "from", "environment"} | set(STAGE_KINDS)
 
@@ -411,6 +450,10 @@ def load_recipe(path):
         version = _string(src, ("version",), data["version"], VERSION_RE,
                           "a version (letters, digits, '.', '_', '+', '~', '-')")
 
+    image = None
+    if "image" in data:
+        image = _image(src, data["image"])
+
     raw_stages = data["stages"]
     if not isinstance(raw_stages, list) or not raw_stages:
         raise src.error(("stages",), "expected a non-empty list of stages")
@@ -462,12 +505,19 @@ def load_recipe(path):
                         "the recipe's last stage", hint="it moves /etc and "
                         "/var's content under /usr; later stages would not find "
                         "them")
+    if image is not None and (not stages or stages[-1].kind != "deployable"):
+        raise src.error(("image",), "a disk image needs a deployable tree",
+                        hint="end the stages with a 'deployable' stage")
+    if image is not None and not set(arches) <= {"amd64", "arm64"}:
+        raise src.error(("image",), "disk images are made for amd64 and arm64 "
+                        "(GRUB for EFI)", hint="drop 'image' or the other "
+                        "architectures")
     if not archives and parent is None and \
             any(s.kind in ("bootstrap", "install") for s in stages):
         raise src.error(root, "missing required key 'archives'",
                         hint="stages that install packages need archives")
     return Recipe(name, os.path.abspath(path), ref, arches, tuple(archives),
-                  stages, recommends, environment, parent, src, version)
+                  stages, recommends, environment, parent, src, version, image)
 
 
 def load_recipes(directory):
