@@ -11,7 +11,7 @@ import glob
 import json
 import os
 
-from . import fetch, files, lockfile, ostree
+from . import fetch, files, lockfile, ostree, publish
 from .recipe import STAGE_KINDS
 from .update import SANDBOX_STAGE
 from .ninja import Build, Graph, Raw, Rule, shell_args
@@ -100,9 +100,15 @@ class GraphBuilder:
             "branch", run("tools", "commit-branch")
             + " --config $config --options $options --stage $in --out $out",
             "BRANCH $branch", {"restat": "1"}))
+        # One writer of the published repository at a time.
+        g.pools["publish"] = 1
         g.rules.append(Rule(
             "publish", run("tools", "publish") + " --config $config --out $out $in",
-            "PUBLISH $out", {"pool": "console"}))
+            "PUBLISH $branch", {"pool": "publish"}))
+        g.rules.append(Rule(
+            "publish_summary", run("tools", "publish")
+            + " --config $config --summary --out $out",
+            "PUBLISH summary", {"pool": "publish"}))
         g.rules.append(Rule(
             "pull_published", run("tools", "pull-published") + " --config $config",
             "PULL-PUBLISHED", {"pool": "console"}))
@@ -129,6 +135,7 @@ class GraphBuilder:
         for recipe in self.recipes:
             recipe_targets = []
             image_targets = []
+            publish_targets = []
             for arch in recipe.architectures:
                 path, entries = self.locks[(recipe.name, arch)]
                 if entries is None:
@@ -147,9 +154,15 @@ class GraphBuilder:
                 all_fetch += debs
                 branch_out = self.branch_edge(recipe, arch)
                 recipe_targets.append(branch_out)
-                branch_outs.append(branch_out)
+                published = self.publish_edge(recipe, arch, branch_out)
+                branch_outs.append(published)
+                publish_targets.append(published)
+                if len(recipe.architectures) > 1:
+                    g.builds.append(Build([f"{recipe.name}/{arch}/publish"],
+                                          "phony", [published]))
                 if recipe.image is not None:
-                    image_targets.append(self.image_edge(recipe, arch, branch_out))
+                    image_targets.append(self.image_edge(recipe, arch, branch_out,
+                                                         published))
                 if len(recipe.architectures) > 1:
                     g.builds.append(Build([f"{recipe.name}/{arch}"], "phony",
                                           [branch_out]))
@@ -165,6 +178,9 @@ class GraphBuilder:
                             g.builds.append(Build(
                                 [f"{recipe.name}/{a}/{stage.name}"], "phony", [out]))
             g.builds.append(Build([recipe.name], "phony", recipe_targets))
+            if publish_targets:
+                g.builds.append(Build([f"{recipe.name}/publish"], "phony",
+                                      publish_targets))
             if image_targets:
                 # The tools check first: missing tools stop the build before
                 # any stage of the image runs.
@@ -174,8 +190,8 @@ class GraphBuilder:
         self.import_all()
         g.builds.append(Build(["fetch"], "phony", sorted(set(all_fetch))))
         stamp = self.publish_stamp()
-        g.builds.append(Build([stamp], "publish", branch_outs,
-                              implicit=[self.p(self.config.config_path)]))
+        g.builds.append(Build([stamp], "publish_summary", [], implicit=branch_outs
+                              + [self.p(self.config.config_path)]))
         g.builds.append(Build(["publish"], "phony", [stamp]))
         g.builds.append(Build(["pull-published"], "pull_published"))
         g.defaults = defaults
@@ -333,12 +349,23 @@ class GraphBuilder:
             self.graph.builds.append(Build([out], "check_image_tools"))
         return out
 
-    def image_edge(self, recipe, arch, branch_out):
+    def publish_edge(self, recipe, arch, branch_out):
+        """The branch's commits copied into the published repository; the
+        output is the branch's ref file there."""
+        branch = recipe.ref_for(arch)
+        out = self.p(publish.ref_path(self.config, branch))
+        self.graph.builds.append(Build(
+            [out], "publish", [branch_out],
+            implicit=[self.p(self.config.config_path)],
+            variables={"branch": branch}))
+        return out
+
+    def image_edge(self, recipe, arch, branch_out, published):
         """The recipe's disk image for ``arch``, from its branch commit."""
         base = os.path.join(self.config.builddir, "images", recipe.name, arch)
         options_path = base + ".options.json"
         kargs = list(recipe.image["kernel_arguments"])
-        publish = self.config.publish
+        settings = self.config.publish
         self.write_options(options_path, {
             "recipe": recipe.name, "recipe_path": recipe.path, "arch": arch,
             "branch": recipe.ref_for(arch),
@@ -347,15 +374,15 @@ class GraphBuilder:
             "esp_size": recipe.image["esp_size"], "kernel_arguments": kargs,
             "serial_console": any(k.startswith(("console=ttyS", "console=ttyAMA"))
                                   for k in kargs),
-            "url": publish.get("url"), "gpg_key": publish.get("gpg_key"),
-            "gpg_homedir": publish.get("gpg_homedir"),
+            "url": settings.get("url"), "gpg_key": settings.get("gpg_key"),
+            "gpg_homedir": settings.get("gpg_homedir"),
             "log": os.path.join(self.config.builddir, "logs", recipe.name, arch,
                                 "image.log")})
         out = self.p(os.path.join(self.config.builddir, "images",
                                   f"{recipe.name}.{arch}.img"))
         self.graph.builds.append(Build(
             [out], "image", [branch_out],
-            implicit=[self.p(options_path), self.publish_stamp()],
+            implicit=[self.p(options_path), published],
             order_only=[self.image_tools_check()],
             variables={"options": Raw(shell_args([self.p(options_path)]))}))
         if len(recipe.architectures) > 1:

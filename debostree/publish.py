@@ -150,10 +150,22 @@ def _new_commits(local_gi, published_gi, head):
     return list(reversed(missing))
 
 
+def ref_path(config, branch):
+    """The file of ``branch``'s ref in the published repository."""
+    return os.path.join(repo_path(config), "refs", "heads", branch)
+
+
 def publish(config, branches, settings):
-    """Publish ``branches`` ({branch: commit}) into BUILDDIR/publish."""
+    """Publish ``branches`` ({branch: commit}) and update the summary."""
+    publish_branches(config, branches, settings)
+    update_summary(config, settings)
+
+
+def publish_branches(config, branches, settings):
+    """Copy ``branches``' new commits ({branch: commit}) into
+    BUILDDIR/publish, sign them, add a delta from each branch's parent."""
     from gi.repository import OSTree
-    kind, commit_sign, summary_sign = _sign_args(settings)
+    kind, commit_sign, _ = _sign_args(settings)
     target = ostree.Repo(repo_path(config))
     if not target.exists():
         os.makedirs(target.path, exist_ok=True)
@@ -190,7 +202,19 @@ def publish(config, branches, settings):
             delta = f", delta from {parent[:12]}"
         state = "unchanged" if previous == head else \
             f"{len(new)} new commit{'s' if len(new) != 1 else ''}"
-        print(f"publish: {branch} -> {head[:12]} ({state}{delta})")
+        print(f"publish: {branch} -> {head[:12]} ({state}{delta})"
+              + (f", signed ({kind})" if kind else ", unsigned"))
+        # Newer than the branch commit it came from, for ninja.
+        os.utime(ref_path(config, branch))
+
+
+def update_summary(config, settings):
+    """The summary (refs, deltas) of the published repository, signed."""
+    kind, _, summary_sign = _sign_args(settings)
+    target = ostree.Repo(repo_path(config))
+    if not target.exists():
+        raise UserError("nothing is published yet", path=target.path,
+                        hint="run 'ninja publish'")
     proc.run(["ostree", "summary", f"--repo={target.path}", "--update"]
              + summary_sign)
     if not kind:

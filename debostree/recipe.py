@@ -8,6 +8,7 @@ line and the key path.  The stage kinds are an explicit table (``STAGE_KINDS``);
 an unknown kind is an error.
 """
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -46,11 +47,21 @@ class Archive:
     keyring: str = None  # absolute path, or None for the default keyring
 
 
+ARCH_PLACEHOLDER = "{arch}"
+ARCH_TOKEN = "0debostree0arch0"  # stands in for {arch} while matching
+
+
 @dataclass(frozen=True)
 class PackageRequest:
     name: str
     arch: str = None
     version: str = None
+
+    def for_arch(self, arch):
+        """The request with ``{arch}`` in its name replaced by ``arch``."""
+        if ARCH_PLACEHOLDER not in self.name:
+            return self
+        return dataclasses.replace(self, name=self.name.replace(ARCH_PLACEHOLDER, arch))
 
     def __str__(self):
         text = self.name
@@ -78,6 +89,14 @@ class Stage:
     parent: str = None  # "recipe/stage" this stage starts from, or None
     environment: dict = field(default_factory=dict)
     line: int = None
+
+    def for_arch(self, arch):
+        """This stage as built for ``arch`` (package names with ``{arch}``)."""
+        if "packages" not in self.options or self.kind == "remove":
+            return self
+        packages = tuple(r.for_arch(arch) for r in self.options["packages"])
+        return dataclasses.replace(self, options={**self.options,
+                                                  "packages": packages})
 
 
 @dataclass
@@ -182,15 +201,21 @@ def _packages(src, keypath, value, arch_names, allow_empty=False):
                          allow_empty=allow_empty)
     requests = []
     for i, text in enumerate(names):
-        match = PACKAGE_RE.match(text)
+        # "{arch}" in a name is each architecture's name (linux-image-{arch}).
+        match = PACKAGE_RE.match(text.replace(ARCH_PLACEHOLDER, ARCH_TOKEN))
         if not match:
             raise src.error(keypath + (i,), f"invalid package request '{text}'",
-                            hint="write NAME, NAME:ARCH or NAME=VERSION")
+                            hint="write NAME, NAME:ARCH or NAME=VERSION; "
+                            "{arch} in NAME stands for each architecture")
         if match["arch"] and match["arch"] not in arch_names + ("all",):
             raise src.error(keypath + (i,), f"architecture '{match['arch']}' "
                             f"is not one of the recipe's architectures")
-        requests.append(PackageRequest(match["name"], match["arch"],
-                                       match["version"]))
+        if ARCH_PLACEHOLDER in (match["arch"] or "") + (match["version"] or ""):
+            raise src.error(keypath + (i,), "{arch} may only be in the package "
+                            "name", hint="for example linux-image-{arch}")
+        requests.append(PackageRequest(
+            match["name"].replace(ARCH_TOKEN, ARCH_PLACEHOLDER),
+            match["arch"], match["version"]))
     return tuple(requests)
 
 

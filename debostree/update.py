@@ -83,8 +83,8 @@ def resolve_all(recipes, mirrors, cache_dir, out=sys.stderr):
                 state = resolve.StageState()
             context = (f"{display_path(recipe.path)}:{stage.line}: "
                        f"stage '{stage.name}' ({arch})")
-            new_state, installed = resolve.resolve_stage(roots[key], stage,
-                                                         state, context)
+            new_state, installed = resolve.resolve_stage(
+                roots[key], stage.for_arch(arch), state, context)
             states[(recipe.name, stage.name, arch)] = new_state
             locked[key].extend(installed)
     host = host_architecture()
@@ -188,7 +188,7 @@ def check_consistency(recipe, arch, entries, path, inherited=()):
             requests = stage.options["packages"]
         elif stage.kind == "install":
             requests = stage.options["packages"]
-        for request in requests:
+        for request in (r.for_arch(arch) for r in requests):
             candidates = [e for e in locked.get(request.name, [])
                           if not request.version or e.version == request.version]
             if not candidates:

@@ -117,7 +117,7 @@ class Project:
 
     def publish(self):
         return run_tool([os.path.join(TOP, "tools", "publish"), "--config",
-                         self.config.config_path, "--out",
+                         self.config.config_path, "--summary", "--out",
                          os.path.join(self.config.builddir, "publish", "summary"),
                          os.path.join(self.config.builddir, "branches", "server",
                                       "amd64.commit")])
@@ -206,7 +206,7 @@ def test_publish_pull_verify_deploy_upgrade_rollback(tmp_path, key, other_key):
     first = project.build(V1, "one")
     result = project.publish()
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "signed (gpg)" in result.stdout
+    assert "signed (gpg)" in result.stdout and "summary" not in result.stderr
     published = os.path.join(project.config.builddir, "publish")
     server = Server(published)
     try:

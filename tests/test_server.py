@@ -41,8 +41,8 @@ def server(tmp_path_factory, pool):
     run([sys.executable, os.path.join(TOP, "configure.py"), "--builddir",
          str(work / "build"), "--pool", pool], cwd=work,
         env={"DEBOSTREE_PUBLISH_CONFIG": str(work / "none.yaml")})
-    run(["ninja", "server"], cwd=work)
-    result = run(["ninja", "publish"], cwd=work)
+    run(["ninja", "server/amd64"], cwd=work)
+    result = run(["ninja", "server/amd64/publish"], cwd=work)
     assert "unsigned" in result.stdout
     return work
 

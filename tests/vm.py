@@ -28,6 +28,14 @@ def kvm_usable():
     return not _kvm_failed and os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
+def missing():
+    """What boot tests need and this host lacks, with the package."""
+    needs = {"qemu-system-x86_64": "qemu-system-x86", OVMF_CODE: "ovmf"}
+    return [f"{what} (apt-get install {package})" for what, package in needs.items()
+            if not (os.path.exists(what) if what.startswith("/") else
+                    shutil.which(what))]
+
+
 def timeout(seconds):
     """A timeout for a step that takes ``seconds`` under KVM."""
     return seconds if kvm_usable() else seconds * 8
@@ -133,7 +141,9 @@ class VM:
         """Type a shell command; return its output (between markers)."""
         tag = f"{time.monotonic_ns():x}"
         self.send(f"echo BEGIN-{tag}; {command}; echo END-{tag}-$?\n")
-        self.expect(f"\nBEGIN-{tag}", seconds)
+        # Only the output matches: the typed line has "BEGIN-tag;" and
+        # "END-tag-$?".
+        self.expect(rf"BEGIN-{tag}\r?\n", seconds)
         start = self.mark
         match = self.expect(rf"END-{tag}-(\d+)", seconds)
         with self.lock:

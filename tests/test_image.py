@@ -1,0 +1,253 @@
+"""Disk images of the server recipe, booted under QEMU (OVMF), upgraded from
+the published repository served on 127.0.0.1, and rolled back.
+
+The guest reaches the host's 127.0.0.1 as 10.0.2.2 (QEMU's user network), so
+the image's remote URL is set to that in the publish configuration.  Under
+KVM a boot takes seconds; under TCG (no usable /dev/kvm) about a minute.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import vm as vmlib
+from conftest import TOP
+from debarchive import Server
+
+pytestmark = [pytest.mark.network, pytest.mark.sandbox, pytest.mark.slow,
+              pytest.mark.vm]
+
+BRANCH = "exampleos/bookworm/amd64/server"
+PASSWORD = "Ex4mple-OS-t3st"
+
+
+def run(argv, cwd, env=None):
+    result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL,
+                            env={**os.environ, **(env or {})})
+    if result.returncode != 0:
+        raise AssertionError(f"{argv} failed ({result.returncode}):\n"
+                             f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def fingerprint(key):
+    listing = run(["gpg", "--homedir", key.home, "--with-colons",
+                   "--list-secret-keys"], cwd=key.home).stdout
+    return [line.split(":")[9] for line in listing.splitlines()
+            if line.startswith("fpr:")][0]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, pool, key):
+    """The server recipe with its lockfile in a project of its own, its
+    image built and its branch published (signed) and served."""
+    if vmlib.missing():
+        pytest.fail("missing for boot tests: " + ", ".join(vmlib.missing()))
+    work = tmp_path_factory.mktemp("image")
+    (work / "recipes" / "files").mkdir(parents=True)
+    (work / "lockfiles").mkdir()
+    shutil.copy(os.path.join(TOP, "recipes", "server.yaml"), work / "recipes")
+    shutil.copytree(os.path.join(TOP, "recipes", "files", "server"),
+                    work / "recipes" / "files" / "server")
+    for arch in ("amd64", "arm64"):
+        shutil.copy(os.path.join(TOP, "lockfiles", f"server.{arch}.lock"),
+                    work / "lockfiles")
+    server = Server(work / "build" / "publish")
+    port = server.url.rsplit(":", 1)[1]
+    settings = work / "publish.yaml"
+    settings.write_text(f"url: http://10.0.2.2:{port}\n"
+                        f"gpg-key: {fingerprint(key)}\n"
+                        f"gpg-homedir: {key.home}\n")
+    env = {"DEBOSTREE_PUBLISH_CONFIG": str(settings)}
+    run([sys.executable, os.path.join(TOP, "configure.py"), "--recipes",
+         "recipes", "--lockfiles", "lockfiles", "--pool", pool], work, env)
+    result = run(["ninja", "server/amd64.img"], work, env)
+    assert "signed (gpg)" in result.stdout
+    yield work, env, server
+    server.close()
+
+
+def branch_commit(work, arch="amd64"):
+    return (work / "build" / "branches" / "server" / f"{arch}.commit"
+            ).read_text().strip()
+
+
+def partitions(disk):
+    """{name: (start byte, size in bytes, type)} of a GPT disk image."""
+    table = json.loads(run(["sfdisk", "--json", str(disk)], "/").stdout)
+    return {p["name"]: (p["start"] * 512, p["size"] * 512, p["type"])
+            for p in table["partitiontable"]["partitions"]}
+
+
+def extract(disk, part, dest):
+    start, size, _ = part
+    run(["dd", f"if={disk}", f"of={dest}", "bs=1M", f"skip={start >> 20}",
+         f"count={size >> 20}", "status=none"], "/")
+    return dest
+
+
+def check_layout(disk, tmp_path, commit, efi_binary):
+    """The partitions, the GRUB binary on the ESP, the deployed commit on
+    the root filesystem and ostree's boot entry on the boot filesystem,
+    read without mounting anything (mtools, debugfs)."""
+    parts = partitions(disk)
+    assert list(parts) == ["ESP", "boot", "root"]
+    assert parts["ESP"][2] == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+    esp = extract(disk, parts["ESP"], tmp_path / "esp.img")
+    listing = run(["mdir", "-i", str(esp), "-b", "::/EFI/BOOT"], "/").stdout
+    assert efi_binary in listing
+    root = extract(disk, parts["root"], tmp_path / "root.img")
+    deployed = run(["debugfs", "-R", "ls -p /ostree/deploy/exampleos/deploy",
+                    str(root)], "/").stdout
+    assert f"/{commit}.0/" in deployed
+    origin = run(["debugfs", "-R", f"cat /ostree/deploy/exampleos/deploy/"
+                  f"{commit}.0.origin", str(root)], "/").stdout
+    assert "refspec=exampleos:exampleos/bookworm/" in origin
+    boot = extract(disk, parts["boot"], tmp_path / "boot.img")
+    grub_cfg = run(["debugfs", "-R", "cat /loader/grub.cfg", str(boot)], "/").stdout
+    assert "ostree=/ostree/boot." in grub_cfg and "console=tty0" in grub_cfg
+
+
+def boot(disk, workdir):
+    machine = vmlib.VM(disk, workdir).start()
+    machine.expect(r"Reached target.*Multi-User System", vmlib.timeout(120))
+    machine.expect(r"login: ", vmlib.timeout(60))
+    return machine
+
+
+def login(machine, first=False):
+    machine.send("admin\n")
+    machine.expect("Password: ", 60)
+    machine.send("admin\n" if first else PASSWORD + "\n")
+    if first:  # the recipe expires the demonstration password
+        machine.expect("Current password: ", vmlib.timeout(30))
+        machine.send("admin\n")
+        machine.expect("New password: ", 60)
+        machine.send(PASSWORD + "\n")
+        machine.expect("Retype new password: ", 60)
+        machine.send(PASSWORD + "\n")
+    machine.expect(r"admin@exampleos\S*:~\$ ", vmlib.timeout(60))
+    machine.send("stty -echo; bind 'set enable-bracketed-paste off'; "
+                 "export PS1='$ ' SYSTEMD_COLORS=0 SYSTEMD_PAGER=cat\n")
+    assert machine.run("true", 60)[0] == 0
+
+
+def sudo(machine, command, seconds=60):
+    return machine.run(f"echo '{PASSWORD}' | sudo -S -p '' sh -c '{command}'",
+                       seconds)
+
+
+def booted_commit(machine):
+    status, text = machine.run("ostree admin status")
+    assert status == 0, text
+    match = re.search(r"^\* \S+ ([0-9a-f]{64})\.\d", text, re.M)
+    assert match, text
+    return match.group(1), text
+
+
+def test_image_boots_the_published_commit(project, tmp_path):
+    work, env, server = project
+    commit = branch_commit(work)
+    disk = tmp_path / "disk.img"
+    run(["cp", "--sparse=always", str(work / "build" / "images" /
+                                      "server.amd64.img"), str(disk)], tmp_path)
+    assert os.path.getsize(disk) == 3 * 1024 ** 3  # image.size in the recipe
+    check_layout(disk, tmp_path, commit, "BOOTX64.EFI")
+    machine = boot(disk, tmp_path)
+    try:
+        login(machine, first=True)
+        booted, status = booted_commit(machine)
+        assert booted == commit, status
+        code, url = machine.run("ostree remote show-url exampleos")
+        assert code == 0 and url.strip().endswith(server.url.rsplit(":", 1)[1])
+        code, cmdline = machine.run("cat /proc/cmdline")
+        assert "console=tty0" in cmdline and "console=ttyS0,115200" in cmdline
+        code, var = machine.run("readlink /var/lib/dpkg; ls -d /home/admin; "
+                                "dpkg-query -W -f='${Status}' openssh-server")
+        assert code == 0 and "install ok installed" in var, var
+    finally:
+        machine.kill()
+
+
+def test_upgrade_and_rollback(project, tmp_path):
+    work, env, server = project
+    first = branch_commit(work)
+    disk = tmp_path / "disk.img"
+    run(["cp", "--sparse=always", str(work / "build" / "images" /
+                                      "server.amd64.img"), str(disk)], tmp_path)
+    machine = boot(disk, tmp_path)
+    try:
+        login(machine, first=True)
+        assert booted_commit(machine)[0] == first
+        # Local state that an upgrade must keep.
+        code, out = sudo(machine, "echo local-change > /etc/debostree-test && "
+                         "mkdir -p /var/lib/debostree-test && "
+                         "echo kept > /var/lib/debostree-test/data")
+        assert code == 0, out
+        machine.send(f"echo '{PASSWORD}' | sudo -S -p '' systemctl poweroff\n")
+        machine.wait_exit(vmlib.timeout(60))
+    finally:
+        machine.kill()
+
+    # A second version of the recipe, published.
+    (work / "recipes" / "files" / "server" / "hostname").write_text("exampleos2\n")
+    result = run(["ninja", "server", "publish"], work, env)
+    second = branch_commit(work)
+    assert second != first
+    assert f"delta from {first[:12]}" in result.stdout
+
+    machine = boot(disk, tmp_path)
+    try:
+        login(machine)
+        code, out = sudo(machine, "ostree admin upgrade", vmlib.timeout(300))
+        assert code == 0, out
+        served = [r for r in server.requests if "/deltas/" in r]
+        assert served, server.requests[-20:]  # the static delta was used
+        machine.send(f"echo '{PASSWORD}' | sudo -S -p '' systemctl reboot\n")
+        machine.expect(r"exampleos2 login: ", vmlib.timeout(180))
+        login(machine)
+        booted, status = booted_commit(machine)
+        assert booted == second, status
+        assert first in status  # kept as the rollback deployment
+        code, out = machine.run("cat /etc/debostree-test "
+                                "/var/lib/debostree-test/data /etc/hostname")
+        assert out.split() == ["local-change", "kept", "exampleos2"], out
+
+        # Roll back: the boot menu's second entry is the previous
+        # deployment; booted there, drop the newer one so that the previous
+        # one is the default again.
+        machine.send(f"echo '{PASSWORD}' | sudo -S -p '' systemctl reboot\n")
+        machine.expect(r"GNU GRUB", vmlib.timeout(120))
+        machine.expect(r"executed automatically", 30)
+        machine.send("\x1b[B")
+        machine.send("\r")
+        machine.expect(r"Reached target.*Multi-User System", vmlib.timeout(120))
+        machine.expect(r"exampleos login: ", vmlib.timeout(60))
+        login(machine)
+        assert booted_commit(machine)[0] == first
+        code, out = sudo(machine, "ostree admin undeploy 0")
+        assert code == 0, out
+        machine.send(f"echo '{PASSWORD}' | sudo -S -p '' systemctl reboot\n")
+        machine.expect(r"exampleos login: ", vmlib.timeout(180))
+        login(machine)
+        booted, status = booted_commit(machine)
+        assert booted == first and second not in status, status
+    finally:
+        machine.kill()
+
+
+@pytest.mark.qemu
+def test_arm64_image_builds(project, tmp_path):
+    """The same recipe for arm64 (maintainer scripts and dracut under
+    qemu-user): an image with GRUB for arm64 EFI."""
+    work, env, server = project
+    run(["ninja", "server/arm64.img"], work, env)
+    disk = work / "build" / "images" / "server.arm64.img"
+    check_layout(disk, tmp_path, branch_commit(work, "arm64"), "BOOTAA64.EFI")
+    assert partitions(disk)["root"][2] == "B921B045-1DF0-41C3-AF44-4C6F280D3FAE"

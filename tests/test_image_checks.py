@@ -1,0 +1,70 @@
+"""Disk image input checks that need no build: the recipe's image key, a
+size too small for the tree, missing host tools."""
+
+import os
+
+import pytest
+
+from debostree import image
+from debostree.errors import UserError
+from test_recipe import GOOD, error_of, write
+from debostree import recipe
+
+DEPLOYABLE = GOOD.replace("  - {name: slim, remove: [iproute2]}",
+                          "  - {name: ostree, deployable: {}}")
+
+
+def test_image_key(tmp_path):
+    rec = recipe.load_recipe(write(tmp_path, DEPLOYABLE + "image:\n  size: 2G\n"
+                                   "  kernel-arguments: [quiet]\n"))
+    assert rec.image == {"size": 2 << 30, "boot_size": 512 << 20,
+                         "esp_size": 64 << 20, "kernel_arguments": ("quiet",)}
+
+
+@pytest.mark.parametrize("text,line,key,words", [
+    ("image: {size: 2 gigs}", 15, "image.size", "invalid size"),
+    ("image: {size: 2G, kernel-arguments: [root=/dev/sda]}", 15,
+     "image.kernel-arguments[0]", "set by the image build"),
+    ("image: {size: 2G, esp-size: 8M}", 15, "image.esp-size", "at least 33M"),
+    ("image: {size: 2G, colour: red}", 15, "image.colour", "unknown key"),
+])
+def test_bad_image_key(tmp_path, text, line, key, words):
+    error = error_of(tmp_path, DEPLOYABLE + text + "\n")
+    assert (error.line, error.key) == (line, key), error.format()
+    assert words in error.format()
+
+
+def test_image_needs_a_deployable_tree(tmp_path):
+    error = error_of(tmp_path, GOOD + "image: {size: 2G}\n")
+    assert "needs a deployable tree" in error.format()
+
+
+def test_image_that_does_not_fit_is_a_clear_error(tmp_path):
+    sysroot = tmp_path / "sysroot"
+    boot = tmp_path / "boot"
+    for d in (sysroot, boot):
+        d.mkdir()
+    (sysroot / "big").write_bytes(os.urandom(1 << 20) * 1)
+    with open(sysroot / "bigger", "wb") as f:
+        f.write(os.urandom(1 << 20) * 300)
+    opts = {"size": 256 << 20, "boot_size": 64 << 20, "esp_size": 64 << 20,
+            "recipe_path": "/r/server.yaml"}
+    with pytest.raises(UserError) as info:
+        image._layout(opts, str(tmp_path), str(sysroot), str(boot))
+    text = info.value.format()
+    assert "does not fit in 256 MiB" in text and "image.size" in text
+    assert "set image.size to at least 1G" in text
+    opts["size"] = 1 << 30
+    sizes = image._layout(opts, str(tmp_path), str(sysroot), str(boot))
+    assert sizes["root"] == (1 << 30) - (2 << 20) - (128 << 20)
+
+
+def test_missing_host_tools_name_their_packages(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UserError) as info:
+        image.check_tools(str(tmp_path / "ok"))
+    text = info.value.format()
+    for package in ("e2fsprogs", "dosfstools", "mtools", "fdisk", "grub-common"):
+        assert package in text
+    assert "apt-get install" in text
+    assert not (tmp_path / "ok").exists()
