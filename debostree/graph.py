@@ -364,7 +364,7 @@ class GraphBuilder:
         """The recipe's disk image for ``arch``, from its branch commit."""
         base = os.path.join(self.config.builddir, "images", recipe.name, arch)
         options_path = base + ".options.json"
-        kargs = list(recipe.image["kernel_arguments"])
+        kargs = list(recipe.image["kernel_arguments"][arch])
         settings = self.config.publish
         self.write_options(options_path, {
             "recipe": recipe.name, "recipe_path": recipe.path, "arch": arch,

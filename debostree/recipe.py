@@ -112,7 +112,8 @@ class Recipe:
     parent: str = None  # "recipe/stage" the first stage starts from
     source: yamlsrc.Source = None
     version: str = None  # the branch commits' version; None: automatic
-    image: dict = None   # {size, boot_size, esp_size (bytes), kernel_arguments}
+    image: dict = None   # {size, boot_size, esp_size (bytes),
+    #                      kernel_arguments: {arch: (argument, ...)}}
 
     def stage(self, name):
         for stage in self.stages:
@@ -310,7 +311,7 @@ def _stage_copy(src, keypath, value, recipe):
     return {"items": tuple(items)}
 
 
-def _image(src, value):
+def _image(src, value, arches):
     from .image import parse_size
     keypath = ("image",)
     if not isinstance(value, dict):
@@ -329,19 +330,36 @@ def _image(src, value):
     if image["esp_size"] < 33 * 1024 * 1024:
         raise src.error(keypath + ("esp-size",), "an EFI system partition "
                         "needs at least 33M (FAT32)")
-    kargs = _string_list(src, keypath + ("kernel-arguments",),
-                         value.get("kernel-arguments", []),
-                         what="kernel argument", allow_empty=True)
+    # A list for every architecture, or a mapping of architecture -> list
+    # (serial consoles differ: ttyS0 on PCs, ttyAMA0 on ARM).
+    raw = value.get("kernel-arguments", [])
+    if isinstance(raw, dict):
+        per_arch = {}
+        for arch, items in raw.items():
+            if arch not in arches:
+                raise src.error(keypath + ("kernel-arguments", arch),
+                                f"'{arch}' is not one of the recipe's "
+                                "architectures")
+            per_arch[arch] = _kernel_arguments(
+                src, keypath + ("kernel-arguments", arch), items)
+        image["kernel_arguments"] = {a: per_arch.get(a, ()) for a in arches}
+    else:
+        kargs = _kernel_arguments(src, keypath + ("kernel-arguments",), raw)
+        image["kernel_arguments"] = {a: kargs for a in arches}
+    return image
+
+
+def _kernel_arguments(src, keypath, value):
+    kargs = _string_list(src, keypath, value, what="kernel argument",
+                         allow_empty=True)
     for i, karg in enumerate(kargs):
         if not KARG_RE.match(karg):
-            raise src.error(keypath + ("kernel-arguments", i),
-                            f"invalid kernel argument {karg!r}",
+            raise src.error(keypath + (i,), f"invalid kernel argument {karg!r}",
                             hint="no spaces or quotes; one argument per item")
         if karg.split("=")[0] in ("root", "ostree"):
-            raise src.error(keypath + ("kernel-arguments", i),
+            raise src.error(keypath + (i,),
                             f"'{karg.split('=')[0]}=' is set by the image build")
-    image["kernel_arguments"] = tuple(kargs)
-    return image
+    return tuple(kargs)
 
 
 def _stage_deployable(src, keypath, value, recipe):
@@ -477,7 +495,7 @@ def load_recipe(path):
 
     image = None
     if "image" in data:
-        image = _image(src, data["image"])
+        image = _image(src, data["image"], arches)
 
     raw_stages = data["stages"]
     if not isinstance(raw_stages, list) or not raw_stages:

@@ -18,7 +18,11 @@ def test_image_key(tmp_path):
     rec = recipe.load_recipe(write(tmp_path, DEPLOYABLE + "image:\n  size: 2G\n"
                                    "  kernel-arguments: [quiet]\n"))
     assert rec.image == {"size": 2 << 30, "boot_size": 512 << 20,
-                         "esp_size": 64 << 20, "kernel_arguments": ("quiet",)}
+                         "esp_size": 64 << 20,
+                         "kernel_arguments": {"amd64": ("quiet",)}}
+    rec = recipe.load_recipe(write(tmp_path, DEPLOYABLE + "image:\n  size: 2G\n"
+                                   "  kernel-arguments: {amd64: [quiet]}\n"))
+    assert rec.image["kernel_arguments"] == {"amd64": ("quiet",)}
 
 
 @pytest.mark.parametrize("text,line,key,words", [
@@ -27,6 +31,8 @@ def test_image_key(tmp_path):
      "image.kernel-arguments[0]", "set by the image build"),
     ("image: {size: 2G, esp-size: 8M}", 15, "image.esp-size", "at least 33M"),
     ("image: {size: 2G, colour: red}", 15, "image.colour", "unknown key"),
+    ("image: {size: 2G, kernel-arguments: {arm64: [quiet]}}", 15,
+     "image.kernel-arguments.arm64", "not one of the recipe's architectures"),
 ])
 def test_bad_image_key(tmp_path, text, line, key, words):
     error = error_of(tmp_path, DEPLOYABLE + text + "\n")
