@@ -34,6 +34,11 @@ def parse_args(argv):
     parser.add_argument("--lockfiles",
                         help="directory of lockfiles (default: lockfiles/ "
                         "beside configure.py)")
+    parser.add_argument("--no-native-helpers", dest="native_helpers",
+                        action="store_false",
+                        help="run every program of a foreign bootstrap under "
+                        "qemu-user, even those the host has in the same "
+                        "version (see README, Foreign architectures)")
     return parser.parse_args(argv)
 
 

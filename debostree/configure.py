@@ -82,7 +82,8 @@ def configure(args, argv):
                          recipes=recipes_dir, lockfiles=lockfile_dir,
                          mirrors=mirror_map, python=sys.executable,
                          host_arch=update.host_architecture(),
-                         publish=publish.read_settings())
+                         publish=publish.read_settings(),
+                         native_helpers=getattr(args, "native_helpers", True))
     # ninja runs the regeneration in the directory of build.ninja, which is
     # where configure runs, so the arguments keep their meaning there.
     configure_args = list(argv)

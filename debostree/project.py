@@ -28,6 +28,7 @@ class BuildConfig:
     python: str = sys.executable
     host_arch: str = "amd64"
     publish: dict = field(default_factory=dict)  # publish.read_settings()
+    native_helpers: bool = True  # native.py: host programs in foreign bootstraps
 
     @property
     def config_path(self):

@@ -55,12 +55,16 @@ def faked_argv(save_file=None):
     return argv
 
 
-def fakeroot_env(key, lib_dir, base=None):
-    """Environment that puts a process under the fakeroot daemon ``key``."""
+def fakeroot_env(key, lib_dir, base=None, preload=None):
+    """Environment that puts a process under the fakeroot daemon ``key``.
+
+    ``preload``: the library path to preload instead of the one in
+    ``lib_dir`` (for example one with $LIB in it).
+    """
     env = dict(base or {})
     env.update({
         "FAKEROOTKEY": str(key),
-        "LD_PRELOAD": os.path.join(lib_dir, FAKEROOT_LIB),
+        "LD_PRELOAD": preload or os.path.join(lib_dir, FAKEROOT_LIB),
         "FAKED_MODE": "unknown-is-root",
         # Never attempt real chown: in the namespace only root is mapped.
         "FAKEROOTDONTTRYCHOWN": "1",
@@ -68,7 +72,7 @@ def fakeroot_env(key, lib_dir, base=None):
     return env
 
 
-def chroot_env(extra, fakeroot_key, lib_dir, source_date_epoch):
+def chroot_env(extra, fakeroot_key, lib_dir, source_date_epoch, preload=None):
     env = {
         "PATH": CHROOT_PATH,
         "HOME": "/root",
@@ -80,7 +84,7 @@ def chroot_env(extra, fakeroot_key, lib_dir, source_date_epoch):
         "SOURCE_DATE_EPOCH": str(source_date_epoch),
     }
     env.update(extra)
-    return fakeroot_env(fakeroot_key, lib_dir, env)
+    return fakeroot_env(fakeroot_key, lib_dir, env, preload)
 
 
 def bwrap_argv(target, command, env, binds=(), ro_binds=(), hostname="debostree"):

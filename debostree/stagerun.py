@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from . import debimport, deployable, files, manifest, ostree, proc, sandbox
+from . import debimport, deployable, files, manifest, native, ostree, proc, sandbox
 from .errors import UserError
 from .project import load_config
 
@@ -409,23 +409,55 @@ def run_in_fakeroot(config, opts, work, target, key, host_lib):
             extracted = os.path.join(work, "libfakeroot")
             proc.run(["dpkg-deb", "-x", opts["fakeroot_deb"], extracted])
             chroot_lib = extracted + lib_dir
-        created = _missing_ancestor(target, lib_dir)
+        ro_binds = [(chroot_lib, lib_dir)]
+        preload = None
+        if opts.get("fakeroot_deb") and config.native_helpers:
+            helpers = foreign_stand_ins(config, opts, target, lib_dir)
+            if helpers is not None:
+                print(helpers.describe(), flush=True)
+            if helpers:
+                ro_binds += helpers.mounts(os.path.join(work, "native"))
+                preload = native.FAKEROOT_PRELOAD
+        # Mount points the sandbox has to create go again afterwards.
+        created = sorted({c for c in (_missing_ancestor(target, inside)
+                                      for _, inside in ro_binds) if c})
         chroot_env = sandbox.chroot_env(
             {**opts.get("environment", {})}, key, lib_dir,
-            opts["source_date_epoch"])
-        ro_binds = [(chroot_lib, lib_dir), (os.path.join(work, "run"),
-                                            "/run/debostree")]
+            opts["source_date_epoch"], preload)
+        ro_binds.append((os.path.join(work, "run"), "/run/debostree"))
         argv = sandbox.bwrap_argv(target, command, chroot_env, ro_binds=ro_binds)
         try:
             print("$ " + " ".join(command), flush=True)
             with timed("command"):
                 proc.run(argv)
         finally:
-            if created:
-                _rmtree(target + created)
+            for path in created:
+                if os.path.islink(target + path):
+                    os.unlink(target + path)
+                else:
+                    _rmtree(target + path)
     if opts["kind"] == "deployable":
         with timed("rearrange"):
             proc.run(helper + ["deployable", target], env=env)
+
+
+def foreign_stand_ins(config, opts, target, lib_dir):
+    """Host programs that may run in place of the target's in this foreign
+    stage (native.py), or None for stage kinds that never use them: a `run`
+    command may copy any program anywhere, and a removal could not delete a
+    file with a mount on it."""
+    triplet = os.path.basename(os.path.dirname(lib_dir))
+    if opts["kind"] == "bootstrap":
+        return native.stand_ins(target, config.host_arch, triplet)
+    if opts["kind"] != "install":
+        return None
+    found = native.kernel_in(p["pool_path"] for p in opts["packages"])
+    if found:
+        return native.StandIns(reason=f"{os.path.basename(found[0])} brings "
+                               f"{found[1]}")
+    return native.stand_ins(target, config.host_arch, triplet,
+                            keep_versions={p["name"]: p["version"]
+                                           for p in opts["packages"]})
 
 
 def options_path_of(work):

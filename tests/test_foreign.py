@@ -70,6 +70,11 @@ def test_foreign_image(built, arch):
     usr_lib = ostree(project, "ls", ref, f"/usr/lib/{TRIPLET[arch]}")
     assert "libfakeroot" not in usr_lib
     assert "policy-rc.d" not in ostree(project, "ls", ref, "/usr/sbin")
+    # Nor the host programs' runtime that native stand-ins bring along.
+    assert "x86_64-linux-gnu" not in ostree(project, "ls", ref, "/usr/lib")
+    assert "lib64" not in ostree(project, "ls", ref, "/")
+    log = (project / "build" / "logs" / "foreign" / arch / "base.log").read_text()
+    assert "native stand-ins: " in log
 
 
 def ostree_bytes(project, ref, path):
