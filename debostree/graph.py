@@ -376,6 +376,7 @@ class GraphBuilder:
                                   for k in kargs),
             "url": settings.get("url"), "gpg_key": settings.get("gpg_key"),
             "gpg_homedir": settings.get("gpg_homedir"),
+            "ed25519_key": settings.get("ed25519_key"),
             "log": os.path.join(self.config.builddir, "logs", recipe.name, arch,
                                 "image.log")})
         out = self.p(os.path.join(self.config.builddir, "images",

@@ -36,7 +36,7 @@ import shutil
 import subprocess
 import sys
 
-from . import proc
+from . import ed25519, proc, sandbox
 from .errors import UserError
 from .project import load_config
 
@@ -117,6 +117,16 @@ def build_image(config_path, options_path, commit_path, out):
         opts["gpg_keyring"] = os.path.join(work, "publish-key.gpg")
         with open(opts["gpg_keyring"], "wb") as f:
             f.write(keyring)
+    if opts.get("ed25519_key"):
+        published = os.path.join(config.builddir, "publish")
+        if ostree_verifies_ed25519(published, commit, opts["arch"]):
+            opts["ed25519_public"] = ed25519.read_secret_key(
+                opts["ed25519_key"]).public_base64
+        else:
+            print(f"{out}: warning: the image's ostree is built without ed25519 "
+                  "support, so its remote cannot verify the publish key's "
+                  "signatures and does not; sign with 'gpg-key' to have "
+                  "devices verify what they pull")
     options_path = os.path.join(work, "options.json")
     with open(options_path, "w", encoding="utf-8") as f:
         json.dump(opts, f)
@@ -134,6 +144,23 @@ def build_image(config_path, options_path, commit_path, out):
             _remove(work)
     print(f"{out}: {opts['branch']} {commit[:12]}, "
           f"{os.path.getsize(out) // MIB} MiB")
+
+
+def ostree_verifies_ed25519(repo, commit, arch):
+    """Whether the libostree in ``commit`` checks ed25519 signatures: it
+    does when built with libsodium."""
+    triplet = os.path.basename(os.path.dirname(sandbox.FAKEROOT_LIB_DIRS[arch]))
+    directory = f"/usr/lib/{triplet}"
+    listing = proc.run(["ostree", "ls", f"--repo={repo}", commit, directory],
+                       capture=True, check=False).stdout or ""
+    for line in listing.splitlines():
+        fields = line.split()
+        if fields and fields[0].startswith("-") and \
+                os.path.basename(fields[-1]).startswith("libostree-1.so"):
+            library = proc.run(["ostree", "cat", f"--repo={repo}", commit,
+                                fields[-1]], capture=True, input=b"").stdout
+            return b"libsodium.so" in library
+    return False
 
 
 def _remove(path):
@@ -161,6 +188,9 @@ def inner(config_path, options_path, commit, work):
     url = opts.get("url")
     remote_args = ["--set=gpg-verify=" + ("true" if opts.get("gpg_keyring")
                                           else "false")]
+    if opts.get("ed25519_public"):
+        remote_args += ["--set=sign-verify=true",
+                        f"--set=verification-ed25519-key={opts['ed25519_public']}"]
     run(["ostree", "remote", "add", f"--repo={repo}"] + remote_args
         + [osname, url or "file:///nonexistent", branch])
     if opts.get("gpg_keyring"):

@@ -7,9 +7,10 @@ static delta from each branch's previous commit to its new one, signs the
 new commits and the summary, and updates the summary.
 
 Signing is configured in the publish configuration file (see
-``read_settings``): an ed25519 secret key file (``ostree sign``; needs an
-ostree built with libsodium) or a GPG key (``ostree gpg-sign``).  Without
-one the repository is published unsigned, and publish says so.
+``read_settings``): an ed25519 secret key file (signatures in ``ostree
+sign``'s format, made by ed25519.py since Debian 12's ostree lacks
+ed25519) or a GPG key (``ostree gpg-sign``).  Without one the repository
+is published unsigned, and publish says so.
 
 ``pull_published`` brings a published repository's branches back into
 ``BUILDDIR/publish`` on another machine, so that builds there continue its
@@ -20,7 +21,7 @@ import os
 import re
 import shutil
 
-from . import ostree, proc, yamlsrc
+from . import ed25519, ostree, proc, yamlsrc
 from .errors import UserError
 
 CONFIG_ENV_VAR = "DEBOSTREE_PUBLISH_CONFIG"
@@ -82,6 +83,12 @@ def read_settings(path=None):
             if not os.path.exists(value):
                 raise src.error((key,), f"no such file or directory: {value}")
             settings[key.replace("-", "_")] = value
+    if "ed25519_key" in settings:
+        try:
+            ed25519.read_secret_key(settings["ed25519_key"])
+        except UserError as error:
+            raise src.error(("ed25519-key",), f"{settings['ed25519_key']}: "
+                            f"{error.message}", hint=error.hint)
     if "gpg-key" in data:
         if not isinstance(data["gpg-key"], str) or \
                 not GPG_KEY_RE.match(data["gpg-key"]):
@@ -94,27 +101,15 @@ def read_settings(path=None):
     return settings
 
 
-def ostree_has_ed25519():
-    result = proc.run(["ostree", "--version"], capture=True, check=False)
-    return "sign-ed25519" in result.stdout
-
-
 def _sign_args(settings):
-    """(commit signing argv tail, summary signing options, description)."""
+    """(kind, ed25519 key, gpg commit signing argv tail, gpg summary options)."""
     if settings.get("ed25519_key"):
-        if not ostree_has_ed25519():
-            raise UserError("this host's ostree cannot make ed25519 signatures "
-                            "(it is built without libsodium: 'ostree --version' "
-                            "lists no sign-ed25519)", hint="use a GPG key "
-                            "('gpg-key' in the publish configuration) or an "
-                            "ostree with ed25519 support")
-        keys = ["--sign-type=ed25519", f"--keys-file={settings['ed25519_key']}"]
-        return "ed25519", keys, keys
+        return "ed25519", ed25519.read_secret_key(settings["ed25519_key"]), [], []
     if settings.get("gpg_key"):
         home = [f"--gpg-homedir={settings['gpg_homedir']}"] \
             if settings.get("gpg_homedir") else []
-        return "gpg", home, [f"--gpg-sign={settings['gpg_key']}"] + home
-    return None, [], []
+        return "gpg", None, home, [f"--gpg-sign={settings['gpg_key']}"] + home
+    return None, None, [], []
 
 
 def _signed(gi_repo, commit, kind):
@@ -125,7 +120,7 @@ def _signed(gi_repo, commit, kind):
         return False
     if metadata is None:
         return False
-    key = "ostree.gpgsigs" if kind == "gpg" else "ostree.sign.ed25519"
+    key = "ostree.gpgsigs" if kind == "gpg" else ed25519.METADATA_KEY
     return metadata.lookup_value(key, None) is not None
 
 
@@ -165,7 +160,7 @@ def publish_branches(config, branches, settings):
     """Copy ``branches``' new commits ({branch: commit}) into
     BUILDDIR/publish, sign them, add a delta from each branch's parent."""
     from gi.repository import OSTree
-    kind, commit_sign, _ = _sign_args(settings)
+    kind, key, commit_sign, _ = _sign_args(settings)
     target = ostree.Repo(repo_path(config))
     if not target.exists():
         os.makedirs(target.path, exist_ok=True)
@@ -186,8 +181,7 @@ def publish_branches(config, branches, settings):
                         proc.run(["ostree", "gpg-sign", f"--repo={target.path}"]
                                  + commit_sign + [commit, settings["gpg_key"]])
                     else:
-                        proc.run(["ostree", "sign", f"--repo={target.path}"]
-                                 + commit_sign + [commit])
+                        ed25519.sign_commit(published_gi, commit, key)
         if previous != head:
             published_gi.set_ref_immediate(None, branch, head, None)
         _, variant, _ = published_gi.load_commit(head)
@@ -210,13 +204,15 @@ def publish_branches(config, branches, settings):
 
 def update_summary(config, settings):
     """The summary (refs, deltas) of the published repository, signed."""
-    kind, _, summary_sign = _sign_args(settings)
+    kind, key, _, summary_sign = _sign_args(settings)
     target = ostree.Repo(repo_path(config))
     if not target.exists():
         raise UserError("nothing is published yet", path=target.path,
                         hint="run 'ninja publish'")
     proc.run(["ostree", "summary", f"--repo={target.path}", "--update"]
              + summary_sign)
+    if kind == "ed25519":
+        ed25519.sign_summary(target.path, key)
     if not kind:
         print("publish: WARNING: no signing key configured "
               f"({config_file()}: 'ed25519-key' or 'gpg-key'); the "
@@ -254,13 +250,32 @@ def pull_published(config, url, branches, settings):
     for branch in sorted(set(branches) - available):
         print(f"pull-published: {branch} is not published yet; its history "
               "starts with the next build")
+    before = {branch: target.rev_parse(branch) for branch in wanted}
     if wanted:
         proc.run(["ostree", "pull", f"--repo={target.path}", "--mirror",
                   remote] + wanted)
     proc.run(["ostree", "remote", "delete", f"--repo={target.path}", remote])
+    if settings.get("ed25519_key"):
+        _check_ed25519(target, before, settings)
     for branch in wanted:
         print(f"pull-published: {branch} at {target.rev_parse(branch)}")
     return wanted
+
+
+def _check_ed25519(target, before, settings):
+    """Refuse pulled heads without a valid signature by the configured key
+    (this ostree may not check ed25519 itself), putting the refs back."""
+    public = ed25519.read_secret_key(settings["ed25519_key"]).public
+    gi_repo = target.open_gi()
+    for branch, previous in sorted(before.items()):
+        head = target.rev_parse(branch)
+        if head == previous or ed25519.commit_verified(gi_repo, head, public):
+            continue
+        gi_repo.set_ref_immediate(None, branch, previous, None)
+        raise UserError(f"the published commit {head} of {branch} has no valid "
+                        "ed25519 signature by the configured key; not used",
+                        path=settings["ed25519_key"],
+                        hint="check the repository's URL and the publish key")
 
 
 def _import_gpg_key(target, remote, settings):

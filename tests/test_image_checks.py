@@ -74,3 +74,21 @@ def test_missing_host_tools_name_their_packages(tmp_path, monkeypatch):
         assert package in text
     assert "apt-get install" in text
     assert not (tmp_path / "ok").exists()
+
+
+@pytest.mark.parametrize("linked", [True, False])
+def test_devices_verify_ed25519_only_with_libsodium(tmp_path, linked):
+    """The image's remote checks ed25519 signatures only when the tree's
+    libostree can (it links libsodium)."""
+    import subprocess
+    tree = tmp_path / "tree" / "usr" / "lib" / "x86_64-linux-gnu"
+    tree.mkdir(parents=True)
+    (tree / "libostree-1.so.1.0.0").write_bytes(
+        b"\x7fELF..." + (b"libsodium.so.23\0" if linked else b"libgpgme.so.11\0"))
+    (tree / "libostree-1.so.1").symlink_to("libostree-1.so.1.0.0")
+    repo = str(tmp_path / "repo")
+    subprocess.run(["ostree", "init", "--mode=archive", f"--repo={repo}"], check=True)
+    commit = subprocess.run(["ostree", "commit", f"--repo={repo}", "-b", "t",
+                             f"--tree=dir={tmp_path / 'tree'}"], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    assert image.ostree_verifies_ed25519(repo, commit, "amd64") is linked

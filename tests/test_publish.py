@@ -7,6 +7,7 @@ pulled with verification, deployed into a sysroot directory, upgraded and
 rolled back with ``ostree admin``.
 """
 
+import base64
 import json
 import os
 import pathlib
@@ -348,17 +349,111 @@ def test_publish_settings_are_validated(tmp_path):
     assert publish.read_settings(str(tmp_path / "absent.yaml")) == {}
 
 
-@pytest.mark.skipif(publish.ostree_has_ed25519(),
-                    reason="this ostree can sign with ed25519")
-def test_ed25519_without_support_is_a_clear_error(tmp_path):
-    keyfile = tmp_path / "secret.key"
-    keyfile.write_text("AAAA\n")
-    project = Project(tmp_path, {"ed25519_key": str(keyfile)})
-    project.build(V1, "one")
+def ed25519_keys(directory):
+    """A key pair made as ostree's documentation says: openssl's seed and
+    public key, the secret file holding both, base64."""
+    pem = os.path.join(directory, "key.pem")
+    sh(["openssl", "genpkey", "-algorithm", "ed25519", "-out", pem])
+    seed = subprocess.run(["openssl", "pkey", "-outform", "DER", "-in", pem],
+                          capture_output=True, check=True).stdout[-32:]
+    public = subprocess.run(["openssl", "pkey", "-outform", "DER", "-pubout",
+                             "-in", pem], capture_output=True, check=True).stdout[-32:]
+    secret = os.path.join(directory, "secret.key")
+    with open(secret, "w") as f:
+        f.write(base64.b64encode(seed + public).decode() + "\n")
+    return secret, public
+
+
+def commit_bytes(repo, commit):
+    shard = os.path.join(repo, "objects", commit[:2], commit[2:] + ".commit")
+    with open(shard, "rb") as f:
+        return f.read()
+
+
+def detached_signatures(repo, commit):
+    path = os.path.join(repo, "objects", commit[:2], commit[2:] + ".commitmeta")
+    with open(path, "rb") as f:
+        return variant_signatures(f.read())
+
+
+def variant_signatures(raw):
+    from gi.repository import GLib
+    metadata = GLib.Variant.new_from_bytes(GLib.VariantType("a{sv}"),
+                                           GLib.Bytes.new(raw), False)
+    return [bytes(s) for s in metadata.lookup_value(
+        "ostree.sign.ed25519", None).unpack()]
+
+
+def test_ed25519_signatures_verify_with_libsodium(tmp_path):
+    """Commits and summary signed with an ed25519 key carry signatures in
+    ostree's format that libsodium (what ostree's ed25519 engine uses)
+    verifies; a changed commit does not verify; pulling the history back
+    checks them and refuses a commit signed by another key."""
+    import nacl.signing as nacl_signing
+    from nacl.exceptions import BadSignatureError
+    secret, public = ed25519_keys(str(tmp_path))
+    verify_key = nacl_signing.VerifyKey(public)
+    project = Project(tmp_path / "one", {"ed25519_key": secret})
+    first = project.build(V1, "one")
     result = project.publish()
-    assert result.returncode == 2
-    assert "cannot make ed25519 signatures" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "signed (ed25519)" in result.stdout
+    published = os.path.join(project.config.builddir, "publish")
+    data = commit_bytes(published, first)
+    [signature] = detached_signatures(published, first)
+    verify_key.verify(data, signature)
+    with pytest.raises(BadSignatureError):
+        verify_key.verify(data.replace(b"one", b"two", 1) if b"one" in data
+                          else data[:-1] + bytes([data[-1] ^ 1]), signature)
+    with open(os.path.join(published, "summary"), "rb") as f:
+        summary = f.read()
+    with open(os.path.join(published, "summary.sig"), "rb") as f:
+        [summary_signature] = variant_signatures(f.read())
+    verify_key.verify(summary, summary_signature)
+
+    # The second commit, and an unchanged rerun, sign once each.
+    second = project.build(V2, "two")
+    assert project.publish().returncode == 0
+    assert project.publish().returncode == 0
+    assert len(detached_signatures(published, second)) == 1
+    verify_key.verify(commit_bytes(published, second),
+                      detached_signatures(published, second)[0])
+
+    server = Server(published)
+    try:
+        other = Project(tmp_path / "two", {"ed25519_key": secret})
+        assert publish.pull_published(other.config, server.url, [BRANCH],
+                                      other.config.publish) == [BRANCH]
+        # Another machine whose key is not the publisher's refuses the head.
+        stranger_secret, _ = ed25519_keys(str(tmp_path / "two"))
+        third = Project(tmp_path / "three", {"ed25519_key": stranger_secret})
+        with pytest.raises(UserError, match="no valid ed25519 signature"):
+            publish.pull_published(third.config, server.url, [BRANCH],
+                                   third.config.publish)
+        repo = os.path.join(third.config.builddir, "publish")
+        assert sh(["ostree", "refs", f"--repo={repo}"]).stdout.strip() == ""
+    finally:
+        server.close()
+
+
+def test_ed25519_key_files_are_checked(tmp_path):
+    path = tmp_path / "publish.yaml"
+    (tmp_path / "bad.key").write_text("AAAA\n")
+    path.write_text("url: http://updates.example.invalid/repo\n"
+                    "ed25519-key: bad.key\n")
+    with pytest.raises(UserError) as error:
+        publish.read_settings(str(path))
+    assert "publish.yaml:2" in error.value.format()
+    assert "not an ed25519 secret key" in error.value.format()
+    secret, public = ed25519_keys(str(tmp_path))
+    raw = base64.b64decode(open(secret).read())
+    (tmp_path / "mixed.key").write_text(
+        base64.b64encode(raw[:32] + bytes(32)).decode() + "\n")
+    path.write_text("ed25519-key: mixed.key\n")
+    with pytest.raises(UserError, match="does not match its seed"):
+        publish.read_settings(str(path))
+    path.write_text(f"ed25519-key: {secret}\n")
+    assert publish.read_settings(str(path)) == {"ed25519_key": secret}
 
 
 def test_publish_and_deploy_unprivileged(tmp_path):

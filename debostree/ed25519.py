@@ -1,0 +1,173 @@
+"""ed25519 signatures in OSTree's format, made and checked with openssl.
+
+``ostree sign`` needs an ostree built with libsodium, and Debian 12's is
+not.  The format is simple and public: a commit's detached metadata holds
+``ostree.sign.ed25519`` (type ``aay``), the Ed25519 signatures (RFC 8032,
+what libsodium's ``crypto_sign_detached`` makes) of the commit object's
+bytes; ``summary.sig`` holds the same key for the summary file's bytes.  Key
+files are ostree's: base64 lines, a 64-byte secret key (seed and public key,
+libsodium's layout) or a 32-byte public key.  So any ostree with ed25519
+support verifies what this module signs, and this module verifies what
+such an ostree signs.
+
+This module owns the key files, the signing and the checking; openssl (3.0
+or later, ``pkeyutl -rawin``) does the cryptography.
+"""
+
+import base64
+import os
+import tempfile
+
+from . import proc
+from .errors import UserError
+
+METADATA_KEY = "ostree.sign.ed25519"
+# DER prefixes of PKCS#8 (private) and SubjectPublicKeyInfo (public)
+# Ed25519 keys, followed by the 32 raw key bytes (RFC 8410).
+PRIVATE_DER_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
+PUBLIC_DER_PREFIX = bytes.fromhex("302a300506032b6570032100")
+
+
+class SecretKey:
+    def __init__(self, seed, public):
+        self.seed = seed
+        self.public = public
+
+    @property
+    def public_base64(self):
+        return base64.b64encode(self.public).decode()
+
+
+def read_secret_key(path):
+    """The first key of an ostree secret key file, checked for consistency."""
+    try:
+        with open(path, encoding="ascii") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read the ed25519 key: {error}", path=path)
+    try:
+        raw = base64.b64decode(lines[0], validate=True) if lines else b""
+    except ValueError:
+        raw = b""
+    if len(raw) != 64:
+        raise UserError("not an ed25519 secret key (expected a base64 line of "
+                        "64 bytes: seed and public key, as 'ostree sign' reads)",
+                        path=path, hint="see README, Publishing, for how to make one")
+    key = SecretKey(raw[:32], raw[32:])
+    if public_of_seed(key.seed) != key.public:
+        raise UserError("the ed25519 secret key's public half does not match "
+                        "its seed", path=path)
+    return key
+
+
+def public_of_seed(seed):
+    with tempfile.TemporaryDirectory(prefix="debostree-key-") as tmp:
+        private = _write_private(tmp, seed)
+        der = proc.run(["openssl", "pkey", "-inform", "DER", "-in", private,
+                        "-pubout", "-outform", "DER"], capture=True,
+                       input=b"").stdout
+    return der[-32:]
+
+
+def _write_private(directory, seed):
+    path = os.path.join(directory, "key.der")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(PRIVATE_DER_PREFIX + seed)
+    return path
+
+
+def sign(key, data):
+    """The 64-byte Ed25519 signature of ``data``."""
+    with tempfile.TemporaryDirectory(prefix="debostree-sign-") as tmp:
+        private = _write_private(tmp, key.seed)
+        message = os.path.join(tmp, "message")
+        with open(message, "wb") as f:
+            f.write(data)
+        return proc.run(["openssl", "pkeyutl", "-sign", "-rawin", "-keyform",
+                         "DER", "-inkey", private, "-in", message],
+                        capture=True, input=b"").stdout
+
+
+def verify(public, data, signature):
+    """Whether ``signature`` is ``public``'s Ed25519 signature of ``data``."""
+    with tempfile.TemporaryDirectory(prefix="debostree-verify-") as tmp:
+        paths = {}
+        for name, content in (("key.der", PUBLIC_DER_PREFIX + public),
+                              ("message", data), ("signature", signature)):
+            paths[name] = os.path.join(tmp, name)
+            with open(paths[name], "wb") as f:
+                f.write(content)
+        result = proc.run(["openssl", "pkeyutl", "-verify", "-rawin", "-pubin",
+                           "-keyform", "DER", "-inkey", paths["key.der"],
+                           "-in", paths["message"], "-sigfile",
+                           paths["signature"]], capture=True, check=False,
+                          input=b"")
+    return result.returncode == 0
+
+
+def _with_signature(metadata, signature):
+    """``metadata`` (an a{sv} variant or None) with ``signature`` appended to
+    its ed25519 signatures, other keys (GPG signatures) kept."""
+    from gi.repository import GLib
+    entries = {}
+    if metadata is not None:
+        for i in range(metadata.n_children()):
+            entry = metadata.get_child_value(i)
+            entries[entry.get_child_value(0).get_string()] = \
+                entry.get_child_value(1).get_variant()
+    existing = [bytes(s) for s in entries[METADATA_KEY].unpack()] \
+        if METADATA_KEY in entries else []
+    entries[METADATA_KEY] = GLib.Variant("aay", existing + [signature])
+    return GLib.Variant("a{sv}", entries)
+
+
+def signatures(metadata):
+    if metadata is None:
+        return []
+    value = metadata.lookup_value(METADATA_KEY, None)
+    return [bytes(s) for s in value.unpack()] if value is not None else []
+
+
+def _commit_bytes(gi_repo, commit):
+    from gi.repository import OSTree
+    _, variant = gi_repo.load_variant(OSTree.ObjectType.COMMIT, commit)
+    return variant.get_data_as_bytes().get_data()
+
+
+def sign_commit(gi_repo, commit, key):
+    """Add ``key``'s signature to ``commit``'s detached metadata."""
+    _, metadata = gi_repo.read_commit_detached_metadata(commit, None)
+    signature = sign(key, _commit_bytes(gi_repo, commit))
+    gi_repo.write_commit_detached_metadata(
+        commit, _with_signature(metadata, signature), None)
+
+
+def commit_verified(gi_repo, commit, public):
+    """Whether one of ``commit``'s ed25519 signatures is ``public``'s."""
+    _, metadata = gi_repo.read_commit_detached_metadata(commit, None)
+    data = _commit_bytes(gi_repo, commit)
+    return any(verify(public, data, s) for s in signatures(metadata))
+
+
+def sign_summary(repo_path, key):
+    """Write ``summary.sig`` for the repository's current summary."""
+    with open(os.path.join(repo_path, "summary"), "rb") as f:
+        data = f.read()
+    variant = _with_signature(None, sign(key, data))
+    with open(os.path.join(repo_path, "summary.sig"), "wb") as f:
+        f.write(variant.get_data_as_bytes().get_data())
+
+
+def summary_verified(repo_path, public):
+    from gi.repository import GLib
+    with open(os.path.join(repo_path, "summary"), "rb") as f:
+        data = f.read()
+    try:
+        with open(os.path.join(repo_path, "summary.sig"), "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return False
+    metadata = GLib.Variant.new_from_bytes(GLib.VariantType("a{sv}"),
+                                           GLib.Bytes.new(raw), False)
+    return any(verify(public, data, s) for s in signatures(metadata))
