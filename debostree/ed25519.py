@@ -84,9 +84,13 @@ def sign(key, data):
         message = os.path.join(tmp, "message")
         with open(message, "wb") as f:
             f.write(data)
-        return proc.run(["openssl", "pkeyutl", "-sign", "-rawin", "-keyform",
-                         "DER", "-inkey", private, "-in", message],
-                        capture=True, input=b"").stdout
+        signature = proc.run(["openssl", "pkeyutl", "-sign", "-rawin",
+                              "-keyform", "DER", "-inkey", private, "-in",
+                              message], capture=True, input=b"").stdout
+    if len(signature) != 64:
+        raise RuntimeError(f"openssl pkeyutl -sign gave {len(signature)} bytes, "
+                           "not a 64-byte Ed25519 signature")
+    return signature
 
 
 def verify(public, data, signature):
@@ -155,8 +159,11 @@ def sign_summary(repo_path, key):
     with open(os.path.join(repo_path, "summary"), "rb") as f:
         data = f.read()
     variant = _with_signature(None, sign(key, data))
-    with open(os.path.join(repo_path, "summary.sig"), "wb") as f:
+    # Written aside and renamed: a server never hands out a half-written one.
+    path = os.path.join(repo_path, "summary.sig")
+    with open(path + ".tmp", "wb") as f:
         f.write(variant.get_data_as_bytes().get_data())
+    os.replace(path + ".tmp", path)
 
 
 def summary_verified(repo_path, public):

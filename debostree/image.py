@@ -32,11 +32,12 @@ from a directory; there are no loop devices and no mounts.
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 
-from . import ed25519, proc, sandbox
+from . import ed25519, proc
 from .errors import UserError
 from .project import load_config
 
@@ -119,7 +120,7 @@ def build_image(config_path, options_path, commit_path, out):
             f.write(keyring)
     if opts.get("ed25519_key"):
         published = os.path.join(config.builddir, "publish")
-        if ostree_verifies_ed25519(published, commit, opts["arch"]):
+        if ostree_verifies_ed25519(published, commit):
             opts["ed25519_public"] = ed25519.read_secret_key(
                 opts["ed25519_key"]).public_base64
         else:
@@ -146,21 +147,24 @@ def build_image(config_path, options_path, commit_path, out):
           f"{os.path.getsize(out) // MIB} MiB")
 
 
-def ostree_verifies_ed25519(repo, commit, arch):
-    """Whether the libostree in ``commit`` checks ed25519 signatures: it
-    does when built with libsodium."""
-    triplet = os.path.basename(os.path.dirname(sandbox.FAKEROOT_LIB_DIRS[arch]))
-    directory = f"/usr/lib/{triplet}"
-    listing = proc.run(["ostree", "ls", f"--repo={repo}", commit, directory],
-                       capture=True, check=False).stdout or ""
-    for line in listing.splitlines():
-        fields = line.split()
-        if fields and fields[0].startswith("-") and \
-                os.path.basename(fields[-1]).startswith("libostree-1.so"):
-            library = proc.run(["ostree", "cat", f"--repo={repo}", commit,
-                                fields[-1]], capture=True, input=b"").stdout
-            return b"libsodium.so" in library
+def ostree_verifies_ed25519(repo, commit):
+    """Whether the ostree in ``commit`` checks ed25519 signatures: its build
+    features (what ``ostree --version`` lists, a space-separated string in
+    the program) name ``sign-ed25519``, whichever crypto library provides it."""
+    data = _file_in_commit(repo, commit, "/usr/bin/ostree")
+    for text in data.split(b"\0"):
+        features = text.split(b" ")
+        if len(features) > 1 and b"sign-ed25519" in features \
+                and all(re.fullmatch(rb"[a-z0-9][a-z0-9+-]*", f) for f in features):
+            return True
     return False
+
+
+def _file_in_commit(repo, commit, path):
+    """The bytes of the regular file ``path`` of ``commit`` (b"" if none)."""
+    result = proc.run(["ostree", "cat", f"--repo={repo}", commit, path],
+                      capture=True, check=False, input=b"")
+    return result.stdout if result.returncode == 0 else b""
 
 
 def _remove(path):

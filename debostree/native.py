@@ -18,8 +18,17 @@ they need.  It refuses whenever the stand-ins could be noticed:
 - never in a tree that holds or receives a kernel: initramfs generators
   copy the programs they find into its image, and would copy host binaries;
 - never when the target already has files at the host runtime's paths;
-- perl only when the target has no architecture-specific perl modules that
-  a native perl could not load.
+- only when host and target have the same libc6 version, since a host
+  program runs on the host's C library (bound in with the host runtime);
+- perl only when the target has (and the stage brings) no
+  architecture-specific perl modules that a native perl could not load; the
+  host's own such modules are hidden under empty directories, so a native
+  perl finds exactly the modules an emulated one would.
+
+What still tells a stand-in from the target's program is the machine it was
+built for: bash's ``$HOSTTYPE`` and perl's ``$Config{archname}`` name the
+host's.  Debian's maintainer scripts ask dpkg for the architecture (dpkg
+stays emulated), not these.
 
 The bind mounts vanish with the sandbox, so the committed tree never holds a
 host file; the fidelity tests compare a foreign bootstrap with mmdebstrap's.
@@ -37,7 +46,13 @@ from . import proc
 # they report the machine they run on.
 HELPER_PACKAGES = ("dash", "bash", "coreutils", "sed", "grep", "findutils",
                    "diffutils", "perl-base")
-MACHINE_REPORTERS = {"/usr/bin/uname", "/bin/uname", "/usr/bin/arch", "/bin/arch"}
+# stdbuf preloads the tree's (foreign) libstdbuf.so into what it starts.
+MACHINE_REPORTERS = {"/usr/bin/uname", "/bin/uname", "/usr/bin/arch", "/bin/arch",
+                     "/usr/bin/stdbuf", "/bin/stdbuf"}
+# The C library the stand-ins run on must be the target's version.
+LIBC = "libc6"
+# Directories of architecture-specific perl modules, under /usr/lib/<triplet>.
+PERL_ARCH_DIRS = ("perl5", "perl")
 BIN_DIRS = ("/bin/", "/sbin/", "/usr/bin/", "/usr/sbin/")
 # Where kernels live.  Initramfs generators (initramfs-tools, dracut,
 # kernel-install) copy the tree's programs into an image, but only for a
@@ -62,14 +77,14 @@ FAKEROOT_PRELOAD = "/usr/$LIB/libfakeroot/libfakeroot-sysv.so"
 class StandIns:
     """What one stage may run natively, and what to say about it in its log."""
 
-    def __init__(self, programs=(), host_lib=None, loader=None, used=(),
-                 skipped=(), reason=None):
-        self.programs = list(programs)  # (host program, path inside)
+    def __init__(self, programs=(), host_lib=None, loader=None, skipped=(),
+                 reason=None, hidden=()):
+        self.programs = list(programs)  # (host program, path inside, package)
         self.host_lib = host_lib        # (host library directory, path inside)
         self.loader = loader            # the host's dynamic loader
-        self.used = list(used)          # "dash 0.5.12-2 (1 program)"
         self.skipped = list(skipped)    # "sed: host 4.9-1, target 4.9-1+deb12u1"
         self.reason = reason            # why there are none at all
+        self.hidden = list(hidden)      # host runtime paths inside, shown empty
 
     def __bool__(self):
         return bool(self.programs)
@@ -77,14 +92,20 @@ class StandIns:
     def describe(self):
         if self.reason:
             return f"native stand-ins: none ({self.reason})"
-        text = "native stand-ins: " + ", ".join(self.used)
+        counts = {}
+        for _, _, package in self.programs:
+            counts[package] = counts.get(package, 0) + 1
+        text = "native stand-ins: " + ", ".join(
+            f"{package} ({count} program{'s' * (count != 1)})"
+            for package, count in counts.items())
         if self.skipped:
             text += "; emulated: " + "; ".join(self.skipped)
         return text
 
     def mounts(self, directory):
         """Read-only binds (host path, path inside) that put the stand-ins in
-        place, from copies made in ``directory``.
+        place, from copies made in ``directory``.  Programs that cannot be
+        patched are dropped from ``programs`` (and so from ``describe``).
 
         The copies ask for the loader at LOADER (under the sandbox's own
         /run) instead of the host's path: a missing /lib64 made for it would
@@ -96,14 +117,24 @@ class StandIns:
         shutil.copyfile(self.loader, loader_copy)
         os.chmod(loader_copy, 0o755)
         binds = [self.host_lib, (loader_copy, LOADER)]
-        for number, (host, inside) in enumerate(self.programs):
+        if self.hidden:
+            empty = os.path.join(directory, "empty")
+            os.makedirs(empty, exist_ok=True)
+            binds += [(empty, inside) for inside in self.hidden]
+        kept = []
+        for number, (host, inside, package) in enumerate(self.programs):
             copy = os.path.join(directory, f"{number}-{os.path.basename(host)}")
             shutil.copyfile(host, copy)
             os.chmod(copy, 0o755)
             if set_interpreter(copy, LOADER):
                 binds.append((copy, inside))
+                kept.append((host, inside, package))
             else:
                 os.unlink(copy)
+        self.programs = kept
+        if not kept:
+            self.reason = "no host program could be pointed at the host's loader"
+            return []
         return binds
 
 
@@ -118,7 +149,8 @@ def set_interpreter(path, interpreter):
     """
     with open(path, "r+b") as f:
         ident = f.read(64)
-        if len(ident) < 52 or ident[:4] != b"\x7fELF":
+        if len(ident) < 52 or ident[:4] != b"\x7fELF" \
+                or (ident[4] == 2 and len(ident) < 64):
             return False
         order = "<" if ident[5] == 1 else ">"
         if ident[4] == 2:
@@ -147,9 +179,18 @@ def set_interpreter(path, interpreter):
 UNUSABLE_STATES = ("", "not-installed", "config-files", "half-installed")
 
 
+class Installed:
+    """A package of a dpkg status file whose files are in place."""
+
+    def __init__(self, source, source_version, version, arch):
+        self.source = source
+        self.source_version = source_version
+        self.version = version
+        self.arch = arch
+
+
 def installed_sources(status_path, names):
-    """{package: (source, source version, architecture)} of ``names`` whose
-    files are in place."""
+    """{package: Installed} of ``names`` whose files are in place."""
     found = {}
     try:
         f = open(status_path, encoding="utf-8")
@@ -163,9 +204,10 @@ def installed_sources(status_path, names):
             state = para.get("Status", "").rpartition(" ")[2]
             if name not in names or state in UNUSABLE_STATES:
                 continue
-            source, _, version = para.get("Source", name).partition(" ")
-            version = version.strip("()") or para.get("Version", "")
-            found[name] = (source, version, para.get("Architecture", ""))
+            version = para.get("Version", "")
+            source, _, source_version = para.get("Source", name).partition(" ")
+            found[name] = Installed(source, source_version.strip("()") or version,
+                                    version, para.get("Architecture", ""))
     return found
 
 
@@ -214,9 +256,9 @@ def _has_content(path):
     return os.path.isdir(path) and bool(os.listdir(path))
 
 
-def kernel_in(debs):
-    """The first (package file, path) among ``debs`` that brings a kernel or
-    its modules, or None: what an install stage would add."""
+def deb_paths(debs):
+    """The paths the package files ``debs`` would install: [(deb, path)]."""
+    paths = []
     for deb in debs:
         listing = proc.run(["dpkg-deb", "--contents", deb], capture=True).stdout
         for line in listing.splitlines():
@@ -224,18 +266,37 @@ def kernel_in(debs):
             if len(fields) < 6:
                 continue
             path = fields[5].split(" -> ")[0].lstrip(".").rstrip("/")
-            if path.startswith(tuple(p + "/" for p in KERNEL_PATHS)):
-                return deb, path
-    return None
+            if path:
+                paths.append((deb, path))
+    return paths
+
+
+def _under(path, directories):
+    return any(path == d or path.startswith(d + "/") for d in directories)
+
+
+def _merged(paths):
+    """``paths`` and, for each, its /usr twin or the other way round (a
+    merged-/usr tree has both through its /lib and /bin links)."""
+    both = set()
+    for path in paths:
+        both.add(path)
+        if path.startswith("/usr/"):
+            both.add(path[4:])
+        else:
+            both.add("/usr" + path)
+    return sorted(both)
 
 
 def stand_ins(target, host_arch, target_triplet, host_root="/",
-              keep_versions=None):
+              keep_versions=None, incoming=()):
     """The host programs that may stand in for the target's in ``target``.
 
     ``keep_versions``: {package: version} the stage is about to install;
     a helper whose package the stage installs in another version is left
     emulated (dpkg could not replace a file with a mount on it).
+    ``incoming``: [(package file, path)] the stage is about to install
+    (``deb_paths``), checked like the tree's own files.
     """
     runtime = HOST_RUNTIMES.get(host_arch)
     if runtime is None:
@@ -252,36 +313,61 @@ def stand_ins(target, host_arch, target_triplet, host_root="/",
         if _has_content(target + resolve_in_root(target, path)):
             return StandIns(reason=f"the tree has a kernel in {path}, for "
                             "which initramfs generators copy programs")
+    host_runtime_paths = _merged([host_libdir])
+    target_perl_paths = _merged(f"/usr/lib/{target_triplet}/{d}"
+                                for d in PERL_ARCH_DIRS)
+    perl_incoming = None
+    for deb, path in incoming:
+        name = os.path.basename(deb)
+        if path.startswith(tuple(p + "/" for p in KERNEL_PATHS)):
+            return StandIns(reason=f"{name} brings {path}, for which "
+                            "initramfs generators copy programs")
+        if _under(path, host_runtime_paths):
+            return StandIns(reason=f"{name} brings {path}")
+        if perl_incoming is None and _under(path, target_perl_paths):
+            perl_incoming = f"{name} brings {path}"
+
     host_status = os.path.join(host_root, "var/lib/dpkg/status")
-    on_host = installed_sources(host_status, set(HELPER_PACKAGES))
-    in_target = installed_sources(target + "/var/lib/dpkg/status",
-                                  set(HELPER_PACKAGES))
-    binds, used, skipped = [], [], []
+    wanted = set(HELPER_PACKAGES) | {LIBC}
+    on_host = installed_sources(host_status, wanted)
+    in_target = installed_sources(target + "/var/lib/dpkg/status", wanted)
+    if LIBC not in on_host or LIBC not in in_target:
+        return StandIns(reason=f"{LIBC} is missing on the host or in the tree")
+    if on_host[LIBC].source_version != in_target[LIBC].source_version:
+        return StandIns(reason=f"{LIBC}: host {on_host[LIBC].source_version}, "
+                        f"target {in_target[LIBC].source_version}")
+    programs, skipped = [], []
     seen = set()
     for name in HELPER_PACKAGES:
         if name not in in_target:
             continue
-        source, version, arch = in_target[name]
+        mine = in_target[name]
         if name not in on_host:
             skipped.append(f"{name}: not on the host")
             continue
-        if on_host[name][:2] != (source, version):
-            skipped.append(f"{name}: host {on_host[name][1]}, target {version}")
+        host_package = on_host[name]
+        if (host_package.source, host_package.source_version) != \
+                (mine.source, mine.source_version):
+            skipped.append(f"{name}: host {host_package.source_version}, "
+                           f"target {mine.source_version}")
             continue
-        if keep_versions and keep_versions.get(name, version) != version:
+        if keep_versions and keep_versions.get(name, mine.version) != mine.version:
             skipped.append(f"{name}: replaced by this stage")
             continue
-        if name == "perl-base" and any(
-                os.path.lexists(f"{target}/usr/lib/{target_triplet}/{d}")
-                for d in ("perl5", "perl")):
-            skipped.append("perl-base: the tree has compiled perl modules")
-            continue
-        list_path = _list_file(target, name, arch)
+        if name == "perl-base":
+            if any(os.path.lexists(target + resolve_in_root(target, path))
+                   for path in target_perl_paths):
+                skipped.append("perl-base: the tree has compiled perl modules")
+                continue
+            if perl_incoming:
+                skipped.append(f"perl-base: {perl_incoming}")
+                continue
+        list_path = _list_file(target, name, mine.arch)
         if list_path is None:
             continue
         with open(list_path, encoding="utf-8", errors="replace") as f:
             paths = [line.rstrip("\n") for line in f]
-        count = 0
+        label = f"{name} {mine.source_version}"
         for path in paths:
             if not path.startswith(BIN_DIRS) or path in MACHINE_REPORTERS:
                 continue
@@ -294,12 +380,13 @@ def stand_ins(target, host_arch, target_triplet, host_root="/",
             if os.path.islink(host) or _elf_machine(host) != machine:
                 continue
             seen.add(inside)
-            binds.append((host, inside))
-            count += 1
-        if count:
-            used.append(f"{name} {version} ({count} program{'s' * (count != 1)})")
-    if not binds:
+            programs.append((host, inside, label))
+    if not programs:
         return StandIns(skipped=skipped, reason="no host program has the "
                         "target's version" if skipped else "no helper packages")
+    # The host's own compiled perl modules would be on a native perl's path.
+    hidden = [f"{host_libdir}/{d}" for d in PERL_ARCH_DIRS
+              if os.path.isdir(os.path.join(host_lib, d))]
     host_loader = os.path.realpath(os.path.join(host_root, loader.lstrip("/")))
-    return StandIns(binds, (host_lib, host_libdir), host_loader, used, skipped)
+    return StandIns(programs, (host_lib, host_libdir), host_loader, skipped,
+                    hidden=hidden)

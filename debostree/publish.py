@@ -112,7 +112,10 @@ def _sign_args(settings):
     return None, None, [], []
 
 
-def _signed(gi_repo, commit, kind):
+def _signed(gi_repo, commit, kind, key):
+    """Whether ``commit`` already carries a signature of this kind: for GPG
+    any signature, for ed25519 one by ``key`` (so that after a key change the
+    new key signs what the old one did)."""
     from gi.repository import GLib
     try:
         _, metadata = gi_repo.read_commit_detached_metadata(commit, None)
@@ -120,8 +123,9 @@ def _signed(gi_repo, commit, kind):
         return False
     if metadata is None:
         return False
-    key = "ostree.gpgsigs" if kind == "gpg" else ed25519.METADATA_KEY
-    return metadata.lookup_value(key, None) is not None
+    if kind == "ed25519":
+        return ed25519.commit_verified(gi_repo, commit, key.public)
+    return metadata.lookup_value("ostree.gpgsigs", None) is not None
 
 
 def _new_commits(local_gi, published_gi, head):
@@ -176,7 +180,7 @@ def publish_branches(config, branches, settings):
         published_gi = target.open_gi()
         if kind:
             for commit in [head] + new:
-                if not _signed(published_gi, commit, kind):
+                if not _signed(published_gi, commit, kind, key):
                     if kind == "gpg":
                         proc.run(["ostree", "gpg-sign", f"--repo={target.path}"]
                                  + commit_sign + [commit, settings["gpg_key"]])
@@ -264,16 +268,21 @@ def pull_published(config, url, branches, settings):
 
 def _check_ed25519(target, before, settings):
     """Refuse pulled heads without a valid signature by the configured key
-    (this ostree may not check ed25519 itself), putting the refs back."""
+    (this ostree may not check ed25519 itself), putting every such ref back
+    where it was before the pull (or deleting it if it is new)."""
     public = ed25519.read_secret_key(settings["ed25519_key"]).public
     gi_repo = target.open_gi()
+    refused = []
     for branch, previous in sorted(before.items()):
         head = target.rev_parse(branch)
-        if head == previous or ed25519.commit_verified(gi_repo, head, public):
+        if head is None or head == previous \
+                or ed25519.commit_verified(gi_repo, head, public):
             continue
         gi_repo.set_ref_immediate(None, branch, previous, None)
-        raise UserError(f"the published commit {head} of {branch} has no valid "
-                        "ed25519 signature by the configured key; not used",
+        refused.append(f"{branch} at {head}")
+    if refused:
+        raise UserError("published commits without a valid ed25519 signature by "
+                        f"the configured key, not used: {', '.join(refused)}",
                         path=settings["ed25519_key"],
                         hint="check the repository's URL and the publish key")
 

@@ -413,11 +413,12 @@ def run_in_fakeroot(config, opts, work, target, key, host_lib):
         preload = None
         if opts.get("fakeroot_deb") and config.native_helpers:
             helpers = foreign_stand_ins(config, opts, target, lib_dir)
-            if helpers is not None:
-                print(helpers.describe(), flush=True)
             if helpers:
                 ro_binds += helpers.mounts(os.path.join(work, "native"))
+            if helpers:
                 preload = native.FAKEROOT_PRELOAD
+            if helpers is not None:
+                print(helpers.describe(), flush=True)
         # Mount points the sandbox has to create go again afterwards.
         created = sorted({c for c in (_missing_ancestor(target, inside)
                                       for _, inside in ro_binds) if c})
@@ -451,13 +452,11 @@ def foreign_stand_ins(config, opts, target, lib_dir):
         return native.stand_ins(target, config.host_arch, triplet)
     if opts["kind"] != "install":
         return None
-    found = native.kernel_in(p["pool_path"] for p in opts["packages"])
-    if found:
-        return native.StandIns(reason=f"{os.path.basename(found[0])} brings "
-                               f"{found[1]}")
+    incoming = native.deb_paths(p["pool_path"] for p in opts["packages"])
     return native.stand_ins(target, config.host_arch, triplet,
                             keep_versions={p["name"]: p["version"]
-                                           for p in opts["packages"]})
+                                           for p in opts["packages"]},
+                            incoming=incoming)
 
 
 def options_path_of(work):

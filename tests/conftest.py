@@ -2,6 +2,7 @@
 127.0.0.1, and helpers to run the project's commands."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,6 +13,40 @@ from debarchive import Archive, Key, Server
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, TOP)
 PYTHON = sys.executable
+
+
+def remove_tree(path):
+    """Delete a test's work (builds, repositories, disk images): the whole
+    suite would otherwise keep every test's until the session ends.  Trees
+    ostree deployed are made immutable when root deploys them."""
+    if not os.path.lexists(path):
+        return
+    try:
+        shutil.rmtree(path)
+    except OSError:
+        if shutil.which("chattr"):
+            subprocess.run(["chattr", "-R", "-i", str(path)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(["chmod", "-R", "u+rwX", str(path)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    if outcome.get_result().failed:
+        item.debostree_failed = True
+
+
+@pytest.fixture(autouse=True)
+def free_tmp_path_after_passing(request):
+    """A passing test's tmp_path goes when it ends; a failing one's stays
+    for a look (pytest prints its path)."""
+    yield
+    path = request.node.funcargs.get("tmp_path")
+    if path is not None and not getattr(request.node, "debostree_failed", False):
+        remove_tree(path)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ architecture."""
 import pytest
 
 from debostree import sandbox
+from conftest import remove_tree
 from test_build import configure, run
 
 pytestmark = [pytest.mark.network, pytest.mark.sandbox, pytest.mark.qemu,
@@ -47,7 +48,8 @@ def built(tmp_path_factory, pool):
     configure(project, pool)
     run(["ninja", "update-lockfiles"], project)
     result = run(["ninja"], project)
-    return project, result.stdout
+    yield project, result.stdout
+    remove_tree(project)
 
 
 def ostree(project, *args):

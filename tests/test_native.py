@@ -49,8 +49,10 @@ def roots(tmp_path):
         stanza("dash", "0.5.12-2"),
         stanza("coreutils", "9.1-1"),
         stanza("sed", "4.9-1"),
-        stanza("perl-base", "5.36.0-7+deb12u4", source="perl")]), 0o644)
-    for program in ("dash", "cp", "basename", "uname", "sed", "perl"):
+        stanza("perl-base", "5.36.0-7+deb12u4", source="perl"),
+        stanza("libc6", "2.36-9+deb12u13", source="glibc")]), 0o644)
+    os.makedirs(host + "/usr/lib/x86_64-linux-gnu/perl5/5.36")
+    for program in ("dash", "cp", "basename", "uname", "stdbuf", "sed", "perl"):
         write(f"{host}/usr/bin/{program}", elf(X86_64))
     os.symlink("usr/bin", host + "/bin")
 
@@ -65,9 +67,12 @@ def roots(tmp_path):
         stanza("coreutils", "9.1-1", status, arch="arm64"),
         stanza("sed", "4.9-1+deb12u1", status, arch="arm64"),
         stanza("perl-base", "5.36.0-7+deb12u4", status, source="perl",
+               arch="arm64"),
+        stanza("libc6", "2.36-9+deb12u13", status, source="glibc",
                arch="arm64")]), 0o644)
     lists = {"dash": ["/bin/dash"],
-             "coreutils": ["/bin", "/bin/cp", "/bin/uname", "/usr/bin/basename"],
+             "coreutils": ["/bin", "/bin/cp", "/bin/uname", "/usr/bin/stdbuf",
+                           "/usr/bin/basename"],
              "sed": ["/bin/sed"],
              "perl-base": ["/usr/bin/perl"]}
     for name, paths in lists.items():
@@ -88,7 +93,7 @@ def stand_ins(roots, **kwargs):
 def test_same_versions_stand_in(roots):
     host, _ = roots
     found = stand_ins(roots)
-    programs = dict((inside, source) for source, inside in found.programs)
+    programs = dict((inside, source) for source, inside, _ in found.programs)
     assert programs == {"/usr/bin/dash": host + "/usr/bin/dash",
                         "/usr/bin/cp": host + "/usr/bin/cp",
                         "/usr/bin/basename": host + "/usr/bin/basename",
@@ -100,11 +105,25 @@ def test_same_versions_stand_in(roots):
     assert "dash 0.5.12-2 (1 program)" in text
     assert "coreutils 9.1-1 (2 programs)" in text
     assert "sed: host 4.9-1, target 4.9-1+deb12u1" in text
+    # The host's compiled perl modules are hidden from a native perl.
+    assert found.hidden == ["/usr/lib/x86_64-linux-gnu/perl5"]
+
+
+def test_a_different_c_library_turns_them_off(roots):
+    host, _ = roots
+    with open(host + "/var/lib/dpkg/status") as f:
+        status = f.read()
+    with open(host + "/var/lib/dpkg/status", "w") as f:
+        f.write(status.replace("2.36-9+deb12u13", "2.36-9+deb12u10"))
+    found = stand_ins(roots)
+    assert not found
+    assert "libc6: host 2.36-9+deb12u10, target 2.36-9+deb12u13" in found.describe()
 
 
 def test_machine_reporters_stay_emulated(roots):
-    insides = [inside for _, inside in stand_ins(roots).programs]
+    insides = [inside for _, inside, _ in stand_ins(roots).programs]
     assert "/usr/bin/uname" not in insides
+    assert "/usr/bin/stdbuf" not in insides
 
 
 def test_kernels_turn_them_off(roots):
@@ -132,32 +151,70 @@ def test_compiled_perl_modules_keep_perl_emulated(roots):
     _, target = roots
     os.makedirs(target + "/usr/lib/aarch64-linux-gnu/perl5/5.36")
     found = stand_ins(roots)
-    assert "/usr/bin/perl" not in [inside for _, inside in found.programs]
+    assert "/usr/bin/perl" not in [inside for _, inside, _ in found.programs]
     assert "perl-base: the tree has compiled perl modules" in found.describe()
 
 
 def test_packages_the_stage_replaces_stay_emulated(roots):
     assert stand_ins(roots, keep_versions={"dash": "0.5.12-2"})
     found = stand_ins(roots, keep_versions={"dash": "0.5.12-3"})
-    assert "/usr/bin/dash" not in [inside for _, inside in found.programs]
+    assert "/usr/bin/dash" not in [inside for _, inside, _ in found.programs]
     assert "dash: replaced by this stage" in found.describe()
+
+
+def test_binary_versions_decide_what_a_stage_replaces(roots):
+    """A binNMU has a binary version apart from its source's: the stage's
+    binary version is compared with the installed binary version."""
+    host, target = roots
+    for root in (host, target):
+        with open(root + "/var/lib/dpkg/status") as f:
+            status = f.read()
+        with open(root + "/var/lib/dpkg/status", "w") as f:
+            f.write(status.replace("Package: dash\n", "Package: dash\n"
+                                   "Source: dash (0.5.12-2)\n").replace(
+                "Version: 0.5.12-2\n", "Version: 0.5.12-2+b1\n"))
+    kept = stand_ins(roots, keep_versions={"dash": "0.5.12-2+b1"})
+    assert "/usr/bin/dash" in [inside for _, inside, _ in kept.programs]
+    assert "dash 0.5.12-2 (1 program)" in kept.describe()
+    replaced = stand_ins(roots, keep_versions={"dash": "0.5.12-2+b2"})
+    assert "/usr/bin/dash" not in [inside for _, inside, _ in replaced.programs]
 
 
 def test_nothing_in_common(roots):
     host, _ = roots
-    write(host + "/var/lib/dpkg/status", stanza("dash", "0.5.11-1"), 0o644)
+    write(host + "/var/lib/dpkg/status", stanza("dash", "0.5.11-1") + "\n"
+          + stanza("libc6", "2.36-9+deb12u13", source="glibc"), 0o644)
     found = stand_ins(roots)
     assert not found
     assert "no host program has the target's version" in found.describe()
 
 
 def test_mounts_copy_and_patch(roots, tmp_path):
+    if native._elf_machine("/usr/bin/true") != X86_64:
+        pytest.skip("not an x86-64 host")
+    host, _ = roots
+    shutil.copyfile("/usr/bin/true", host + "/usr/bin/dash")
     found = stand_ins(roots)
-    # The fake programs have no PT_INTERP: they are left out, the runtime stays.
+    # The fake programs have no PT_INTERP: they are left out (and not counted
+    # any more); the real one is copied and patched; the runtime comes along
+    # with the host's compiled perl modules hidden.
     binds = found.mounts(str(tmp_path / "native"))
-    assert binds[0] == found.host_lib
-    assert binds[1] == (str(tmp_path / "native" / "ld.so"), native.LOADER)
-    assert len(binds) == 2
+    native_dir = str(tmp_path / "native")
+    assert binds[:3] == [found.host_lib, (native_dir + "/ld.so", native.LOADER),
+                         (native_dir + "/empty", "/usr/lib/x86_64-linux-gnu/perl5")]
+    assert os.listdir(native_dir + "/empty") == []
+    [(copy, inside)] = binds[3:]
+    assert inside == "/usr/bin/dash"
+    with open(copy, "rb") as f:
+        assert (native.LOADER.encode() + b"\0") in f.read()
+    assert found.describe() == ("native stand-ins: dash 0.5.12-2 (1 program); "
+                                "emulated: sed: host 4.9-1, target 4.9-1+deb12u1")
+    # When none is left, nothing is mounted and the log says why.
+    os.unlink(host + "/usr/bin/dash")
+    write(host + "/usr/bin/dash", elf(X86_64))
+    found = stand_ins(roots)
+    assert found.mounts(native_dir) == [] and not found
+    assert "none (no host program could be pointed at" in found.describe()
 
 
 def test_set_interpreter_makes_a_runnable_program(tmp_path):
@@ -190,13 +247,27 @@ def test_set_interpreter_refuses_non_elf(tmp_path):
     assert not native.set_interpreter(str(script), "/run/ld.so")
 
 
-def test_install_stages_that_bring_kernels_are_found(tmp_path):
+def test_what_install_stages_bring_is_checked(roots, tmp_path):
     from debarchive import build_deb
     tool = build_deb(str(tmp_path), "tool", files={"usr/bin/tool": "x\n"})
     kernel = build_deb(str(tmp_path), "linux-image-test", files={
         "boot/vmlinuz-6.1.0-test": "kernel\n"})
     modules = build_deb(str(tmp_path), "modules", files={
-        "usr/lib/modules/6.1.0-test/extra/m.ko": "x\n"})
-    assert native.kernel_in([tool]) is None
-    assert native.kernel_in([tool, kernel]) == (kernel, "/boot/vmlinuz-6.1.0-test")
-    assert native.kernel_in([modules])[1] == "/usr/lib/modules/6.1.0-test"
+        "lib/modules/6.1.0-test/extra/m.ko": "x\n"})
+    xs = build_deb(str(tmp_path), "libthing-perl", files={
+        "usr/lib/aarch64-linux-gnu/perl5/5.36/Thing.pm": "1;\n"})
+    amd64 = build_deb(str(tmp_path), "libfoo", files={
+        "lib/x86_64-linux-gnu/libfoo.so.1": "x\n"})
+    assert (tool, "/usr/bin/tool") in native.deb_paths([tool])
+
+    assert stand_ins(roots, incoming=native.deb_paths([tool]))
+    for deb, brought in ((kernel, "/boot/vmlinuz-6.1.0-test"),
+                         (modules, "/lib/modules/6.1.0-test"),
+                         (amd64, "/lib/x86_64-linux-gnu")):
+        found = stand_ins(roots, incoming=native.deb_paths([tool, deb]))
+        assert not found
+        assert f"{os.path.basename(deb)} brings {brought}" in found.describe()
+    found = stand_ins(roots, incoming=native.deb_paths([xs]))
+    insides = [inside for _, inside, _ in found.programs]
+    assert "/usr/bin/perl" not in insides and "/usr/bin/dash" in insides
+    assert "perl-base: libthing-perl" in found.describe()

@@ -427,7 +427,7 @@ def test_ed25519_signatures_verify_with_libsodium(tmp_path):
         # Another machine whose key is not the publisher's refuses the head.
         stranger_secret, _ = ed25519_keys(str(tmp_path / "two"))
         third = Project(tmp_path / "three", {"ed25519_key": stranger_secret})
-        with pytest.raises(UserError, match="no valid ed25519 signature"):
+        with pytest.raises(UserError, match="without a valid ed25519 signature"):
             publish.pull_published(third.config, server.url, [BRANCH],
                                    third.config.publish)
         repo = os.path.join(third.config.builddir, "publish")

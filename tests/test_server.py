@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import TOP
+from conftest import TOP, remove_tree
 
 pytestmark = [pytest.mark.network, pytest.mark.sandbox, pytest.mark.slow]
 
@@ -44,7 +44,8 @@ def server(tmp_path_factory, pool):
     run(["ninja", "server/amd64"], cwd=work)
     result = run(["ninja", "server/amd64/publish"], cwd=work)
     assert "unsigned" in result.stdout
-    return work
+    yield work
+    remove_tree(work)
 
 
 def ostree(work, *args, repo="repo"):
