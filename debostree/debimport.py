@@ -4,7 +4,10 @@ Each .deb is imported once, under refs named by its SHA256:
 
 ``pkg/SHA256/data``  its files, as ``dpkg --unpack`` would leave them on a
                      merged-/usr system: ``/bin``, ``/sbin``, ``/lib*`` moved
-                     under ``/usr``, and conffiles as ``PATH.dpkg-new``;
+                     under ``/usr``, and conffiles as ``PATH.dpkg-new``; a
+                     package that ships those top-level names as symbolic
+                     links (``/bin -> usr/bin``: base-files since Debian 13)
+                     keeps them as the links they are;
 ``pkg/SHA256/info``  its ``/var/lib/dpkg/info/PKG.*`` files: maintainer
                      scripts, md5sums, conffiles, triggers and the ``.list``
                      of its paths (as the package names them).
@@ -42,12 +45,36 @@ def dpkg_name(control):
     return name
 
 
-def merged_path(path):
-    """``./bin/ls`` -> ``usr/bin/ls`` (paths without the leading ``./``)."""
+def merged_path(path, moved=MERGED_USR_DIRS):
+    """``bin/ls`` -> ``usr/bin/ls`` (paths without the leading ``./``), for
+    the top-level directories in ``moved``."""
     head, sep, rest = path.partition("/")
-    if head in MERGED_USR_DIRS:
+    if head in moved:
         return "usr/" + head + sep + rest
     return path
+
+
+def _member_path(member):
+    """A tar member's path without ``./`` and trailing slashes."""
+    name = member.name[2:] if member.name.startswith("./") else member.name
+    return name.rstrip("/")
+
+
+def merged_usr_links(members):
+    """The top-level names of MERGED_USR_DIRS a package ships as symbolic
+    links (trixie's base-files: ``bin``, ``lib``, ``lib64``, ``sbin`` on
+    amd64).  dpkg installs them as they are, so they stay where they are;
+    only the other names move under ``/usr``."""
+    return sorted(path for path in (_member_path(m) for m in members
+                                    if m.issym())
+                  if path in MERGED_USR_DIRS)
+
+
+def pathname_filter(moved):
+    """ostree's --tar-pathname-filter moving ``moved`` under ``usr/``."""
+    if not moved:
+        return []
+    return ["--tar-pathname-filter=^(" + "|".join(moved) + r")(/|$),usr/\1\2"]
 
 
 def _tar_stream(deb, flag):
@@ -122,14 +149,16 @@ def import_deb(repo_path, deb, sha256, summary_path, tmp_root):
         conffiles_tar = os.path.join(tmp, "conffiles.tar")
         with tarfile.open(data_tar, "r:") as src, \
                 tarfile.open(conffiles_tar, "w", format=tarfile.PAX_FORMAT) as extra:
-            for member in src:
-                original = member.name[2:] if member.name.startswith("./") \
-                    else member.name
-                original = original.rstrip("/")
+            members = src.getmembers()
+            links = merged_usr_links(members)
+            moved = tuple(d for d in MERGED_USR_DIRS if d not in links)
+            for member in members:
+                original = _member_path(member)
                 if original in ("", "."):
                     continue  # the root directory of the package
+                # dpkg's list names the paths as the package does.
                 listing.append("/" + original)
-                new_name = merged_path(original)
+                new_name = merged_path(original, moved)
                 entries["/" + new_name] = manifest.Entry(
                     "/" + new_name, member.mode | _type_bits(member), member.uid,
                     member.gid, member.linkname if member.issym() else None)
@@ -151,9 +180,7 @@ def import_deb(repo_path, deb, sha256, summary_path, tmp_root):
             ostree.package_ref(sha256, "data"),
             [f"tar={data_tar}", f"tar={conffiles_tar}"],
             f"{control['Package']} {control['Version']} data",
-            extra=["--tar-autocreate-parents",
-                   "--tar-pathname-filter=^(" + "|".join(MERGED_USR_DIRS)
-                   + r")(/|$),usr/\1\2"])
+            extra=["--tar-autocreate-parents"] + pathname_filter(moved))
         info_commit = repo.commit_trees(
             ostree.package_ref(sha256, "info"),
             [f"dir={os.path.join(tmp, 'info')}"],
@@ -181,6 +208,7 @@ def import_deb(repo_path, deb, sha256, summary_path, tmp_root):
             "conffiles": [[path, conffile_md5.get(path.lstrip("/"))]
                           for path in conffiles],
             "triggers": triggers,
+            "merged_usr_links": links,
             "manifest": [e.to_json() for e in entries.values()],
             "info_manifest": [e.to_json() for e in info_entries.values()],
         }

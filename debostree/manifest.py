@@ -60,33 +60,80 @@ def read(path):
     return entries
 
 
-def copy_up_special(root, entries):
-    """Copy up, in the overlay mounted at ``root``, every path whose owner or
-    mode the fakeroot daemon must know.
+def special_paths(entries):
+    """Paths whose owner, mode or xattrs the fakeroot daemon must be told."""
+    return [path for path, entry in entries.items()
+            if path != "/" and (entry.uid or entry.gid or entry.mode & 0o7000
+                                or entry.xattrs)]
 
-    The daemon knows files by device and inode; a lower file that is a
-    hardlink (as every file of a hardlinked checkout is) gets a new inode
-    when the overlay copies it up, and the daemon would lose its owner.  A
-    path copied up before the daemon starts keeps its inode: setting its
-    times to their own value makes the overlay copy it up.
+
+def copy_up(root, paths):
+    """Copy up, in the overlay mounted at ``root``, each of ``paths``.
+
+    The fakeroot daemon knows files by device and inode.  A file of the
+    lower layer (a hardlinked checkout) shares its inode with every other
+    path of the same content, and the overlay gives it a new inode when it
+    copies it up (on a chmod, a write or a rename): what the daemon recorded
+    before is then lost.  A path copied up before the daemon starts has an
+    inode of its own that no longer changes.  Setting a file's times to
+    their own value makes the overlay copy it up.  Returns the count.
     """
     root = root.rstrip("/")
     count = 0
-    for path, entry in entries.items():
-        if path == "/" or (entry.uid == 0 and entry.gid == 0 and
-                           not entry.mode & 0o7000 and not entry.xattrs):
+    for path in sorted(set(paths)):
+        if path == "/":
             continue
         real = root + path
         try:
             st = os.lstat(real)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             continue
-        if stat.S_ISLNK(st.st_mode):
-            continue
+        if stat.S_ISLNK(st.st_mode) or stat.S_ISDIR(st.st_mode):
+            continue  # directories and symlinks have inodes of their own
         os.utime(real, ns=(st.st_atime_ns, st.st_mtime_ns),
                  follow_symlinks=False)
         count += 1
     return count
+
+
+def lower_inodes(lower):
+    """``{inode: [path, ...]}`` of the regular files of the lower layer."""
+    found = {}
+    for path, st in walk(lower).items():
+        if stat.S_ISREG(st.st_mode):
+            found.setdefault(st.st_ino, []).append(path)
+    return found
+
+
+def shared_inode_paths(inodes):
+    """All paths but the first of every inode that several paths share
+    (identical files are one object, so a hardlinked checkout links them
+    together): copied up, each gets an inode of its own."""
+    extra = []
+    for paths in inodes.values():
+        if len(paths) > 1:
+            extra += sorted(paths)[1:]
+    return extra
+
+
+def moved_state(inodes, saved, loaded, stats, dev):
+    """Paths whose fakeroot state was recorded on an inode they no longer
+    have (or share with another path): the daemon's ``saved`` state has an
+    entry for a lower-layer inode that differs from what was ``loaded``, and
+    the paths of that inode were copied up, renamed or removed since, or are
+    several.  Run again with these copied up first, the stage keeps what
+    it set."""
+    moved = set()
+    for (entry_dev, ino), state in saved.items():
+        if entry_dev != dev or ino not in inodes:
+            continue
+        if loaded.get((entry_dev, ino)) == state:
+            continue
+        paths = inodes[ino]
+        if len(paths) > 1 or any(p not in stats or stats[p].st_ino != ino
+                                 for p in paths):
+            moved.update(paths)
+    return sorted(moved)
 
 
 def fakeroot_state(root, entries):
@@ -114,18 +161,25 @@ def fakeroot_state(root, entries):
     return "".join(lines)
 
 
+def parse_fakeroot_state(text):
+    """``{(dev, ino): (mode, uid, gid)}`` from fakeroot state lines."""
+    state = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        fields = dict(item.split("=", 1) for item in line.strip().split(","))
+        state[(int(fields["dev"], 16), int(fields["ino"]))] = (
+            int(fields["mode"], 8), int(fields["uid"]), int(fields["gid"]))
+    return state
+
+
 def read_fakeroot_state(path):
     """``{(dev, ino): (mode, uid, gid)}`` from a fakeroot state file."""
-    state = {}
     try:
         with open(path, encoding="ascii") as f:
-            for line in f:
-                fields = dict(item.split("=", 1) for item in line.strip().split(","))
-                state[(int(fields["dev"], 16), int(fields["ino"]))] = (
-                    int(fields["mode"], 8), int(fields["uid"]), int(fields["gid"]))
+            return parse_fakeroot_state(f.read())
     except FileNotFoundError:
-        pass
-    return state
+        return {}
 
 
 def walk(root, skip=()):

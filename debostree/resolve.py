@@ -27,6 +27,14 @@ from .recipe import PackageRequest
 
 DEP_TYPES = ("PreDepends", "Depends")
 
+# apt's cache flags the package "apt" Essential (pkgCacheGen::ForceEssential,
+# "apt" by default) even though no archive says so.  mmdebstrap clears that
+# with "," for every variant but 'apt', so that ?essential is the archive's
+# Essential: yes set; its 'apt' variant keeps apt's default and takes the
+# Essential set plus apt from an upgrade of an empty system.
+NO_FORCED_ESSENTIAL = ","
+APT_DEFAULT_FORCED_ESSENTIAL = "apt"
+
 
 @dataclass
 class LockedPackage:
@@ -120,6 +128,7 @@ Dir::Cache::pkgcache "";
 Dir::Cache::srcpkgcache "";
 Dir::Log "{d}/log/";
 Dir::Bin::dpkg "/bin/false";
+pkgCacheGen::ForceEssential "{NO_FORCED_ESSENTIAL}";
 APT::Architecture "{self.arch}";
 APT::Architectures {{ "{self.arch}"; }};
 APT::Install-Recommends "{str(self.recommends).lower()}";
@@ -148,8 +157,12 @@ Debug::NoLocking "true";
                     para[field] = value
                 f.write(str(para) + "\n")
 
-    def open(self):
-        """Load the apt cache of this root; returns (cache, depcache, records)."""
+    def open(self, force_essential=None):
+        """Load the apt cache of this root; returns (cache, depcache, records).
+
+        ``force_essential`` overrides pkgCacheGen::ForceEssential (the
+        configuration file has NO_FORCED_ESSENTIAL) for this cache.
+        """
         apt_pkg = _apt_pkg()
         config = apt_pkg.config
         # The configuration is global to the process: start from a clean one
@@ -159,6 +172,8 @@ Debug::NoLocking "true";
                 config.clear(key)
         os.environ["APT_CONFIG"] = self.config_file
         apt_pkg.init_config()
+        if force_essential is not None:
+            config.set("pkgCacheGen::ForceEssential", force_essential)
         apt_pkg.init_system()
         cache = apt_pkg.Cache(None)
         depcache = apt_pkg.DepCache(cache)
@@ -169,12 +184,12 @@ Debug::NoLocking "true";
 class Resolution:
     """One resolution step: requests marked on a cache of a given state."""
 
-    def __init__(self, root, installed, context):
+    def __init__(self, root, installed, context, force_essential=None):
         self.apt_pkg = _apt_pkg()
         self.root = root
         self.context = context  # for error messages: "recipe stage 'x'"
         root.write_status(installed)
-        self.cache, self.depcache, self.records = root.open()
+        self.cache, self.depcache, self.records = root.open(force_essential)
         self.requested = []
 
     # -- marking ---------------------------------------------------------
@@ -265,7 +280,9 @@ class Resolution:
         return removed
 
     def upgrade_all(self):
-        """``apt-get dist-upgrade`` on an empty system: Essential plus apt."""
+        """``apt-get dist-upgrade`` on an empty system: the Essential set,
+        plus apt when the cache was opened with apt forced Essential (as
+        mmdebstrap's 'apt' variant does)."""
         self.depcache.upgrade(True)
         self.check_broken()
 
@@ -285,6 +302,14 @@ class Resolution:
         # The package flag, as apt's ?essential pattern (and so mmdebstrap)
         # uses it: set when a version of the package is Essential: yes.
         return self.native_packages(lambda pkg, ver: pkg.essential)
+
+    def essential_provides(self, name):
+        """Whether a package of the Essential set provides ``name``."""
+        for pkg in self.essential_set():
+            ver = self.depcache.get_candidate_ver(pkg)
+            if any(provided == name for provided, _, _ in ver.provides_list):
+                return True
+        return False
 
     def priority_set(self, priorities):
         return self.native_packages(
@@ -451,17 +476,33 @@ def resolve_stage(root, stage, state, context):
     if stage.kind == "bootstrap":
         variant = stage.options["variant"]
         requests = stage.options["packages"]
-        # The bootstrap lays out a merged /usr itself, so, as mmdebstrap
-        # does, apt sees usr-is-merged as installed while it resolves the
-        # Essential set (which would otherwise pull in usrmerge and perl),
-        # and the real usr-is-merged is installed with the rest.
+        # Where the packages do not ship the merged-/usr links (up to Debian
+        # 12), the bootstrap lays out a merged /usr itself, so, as mmdebstrap
+        # does with its merged-usr hook, apt sees usr-is-merged as installed
+        # while it resolves the Essential set (which would otherwise pull in
+        # usrmerge and perl), and the real usr-is-merged is installed with
+        # the rest.
         merged_usr = LockedPackage("usr-is-merged", "all", "1", "", "",
                                    {"Package": "usr-is-merged", "Version": "1",
                                     "Architecture": "all",
                                     "Multi-Arch": "foreign"})
-        if variant != "custom":
-            step = Resolution(root, list(new_state.packages.values())
-                              + [merged_usr], f"{context} (Essential set)")
+        # mmdebstrap's apt configuration, for both of its steps: apt is
+        # Essential only in the 'apt' variant.
+        force = APT_DEFAULT_FORCED_ESSENTIAL if variant == "apt" \
+            else NO_FORCED_ESSENTIAL
+        if variant == "custom":
+            merged_usr = None
+        else:
+            before = list(new_state.packages.values())
+            step = Resolution(root, before + [merged_usr],
+                              f"{context} (Essential set)", force)
+            if step.essential_provides("usr-is-merged"):
+                # Since Debian 13, base-files ships /bin -> usr/bin & co
+                # and Provides usr-is-merged: mmdebstrap needs no hook, and
+                # neither the stand-in nor the real usr-is-merged is installed.
+                merged_usr = None
+                step = Resolution(root, before, f"{context} (Essential set)",
+                                  force)
             if variant == "apt":
                 step.upgrade_all()
             else:
@@ -471,11 +512,11 @@ def resolve_stage(root, stage, state, context):
                 installed.append(pkg)
         priorities = _priorities(apt_pkg, variant)
         step = Resolution(root, list(new_state.packages.values()) +
-                          ([merged_usr] if variant != "custom" else []), context)
+                          ([merged_usr] if merged_usr else []), context, force)
         targets = step.priority_set(priorities) if priorities else []
         if priorities:
             targets.append(step.lookup(PackageRequest("apt")))
-        if variant != "custom" and step.has_package("usr-is-merged"):
+        if merged_usr and step.has_package("usr-is-merged"):
             targets.append(step.lookup(PackageRequest("usr-is-merged")))
         targets += [step.lookup(r) for r in requests]
         if targets:
@@ -484,13 +525,17 @@ def resolve_stage(root, stage, state, context):
                 new_state.packages[pkg.key] = pkg
                 installed.append(pkg)
     elif stage.kind == "install":
-        step = Resolution(root, list(new_state.packages.values()), context)
+        # install and remove stages run apt inside the image, with apt's
+        # default configuration: apt is Essential there.
+        step = Resolution(root, list(new_state.packages.values()), context,
+                          APT_DEFAULT_FORCED_ESSENTIAL)
         step.install([step.lookup(r) for r in stage.options["packages"]])
         for pkg in step.to_install():
             new_state.packages[pkg.key] = pkg
             installed.append(pkg)
     elif stage.kind == "remove":
-        step = Resolution(root, list(new_state.packages.values()), context)
+        step = Resolution(root, list(new_state.packages.values()), context,
+                          APT_DEFAULT_FORCED_ESSENTIAL)
         targets = [step.lookup(PackageRequest(n.split(":")[0],
                                               n.split(":")[1] if ":" in n else None))
                    for n in stage.options["packages"]]

@@ -211,7 +211,10 @@ class Stage:
 
         add_dir("/")
         add_dir("/usr")
-        for name in self.opts["merged_usr_dirs"]:
+        # Packages that ship the merged-/usr links themselves (base-files
+        # since Debian 13) decide which there are, as under dpkg.
+        shipped = any(s.get("merged_usr_links") for s in summaries)
+        for name in [] if shipped else self.opts["merged_usr_dirs"]:
             add_dir(f"/usr/{name}")
             os.symlink(f"usr/{name}", skel + "/" + name)
             entries["/" + name] = manifest.Entry("/" + name, stat.S_IFLNK | 0o777,
@@ -306,17 +309,92 @@ def inner(config_path, options_path, work):
         opts = json.load(f)
     with open(os.path.join(work, "lower.path")) as f:
         lower = f.read().strip()
-    upper = os.path.join(work, "upper")
-    ovl = os.path.join(work, "ovl")
     target = os.path.join(work, "target")
-    for d in (upper, ovl, target):
-        os.makedirs(d, exist_ok=True)
-    proc.run(sandbox.overlay_mount_argv(lower, upper, ovl, target))
     base_manifest = manifest.read(os.path.join(work, "base.manifest"))
     with open(os.path.join(work, "base.commit")) as f:
         base_commit = f.read().strip()
+    with timed("inodes"):
+        inodes = manifest.lower_inodes(lower)
+    # Paths copied up before the fakeroot daemon starts, so that each keeps
+    # one inode for the whole stage (manifest.copy_up): those the daemon is
+    # told about, those sharing an inode with others, the conffiles dpkg
+    # will move into place, and what earlier runs of this stage found.
+    first = set(manifest.special_paths(base_manifest))
+    first.update(manifest.shared_inode_paths(inodes))
+    if opts["kind"] == "bootstrap":
+        first.update(p for p in base_manifest if p.endswith(".dpkg-new"))
+    hints_path = os.path.join(config.builddir, "hints",
+                              f"{opts['recipe']}/{opts['arch']}/{opts['stage']}.json")
+    hints = set(_read_hints(hints_path))
+    for attempt in range(1, ATTEMPTS + 1):
+        stats, xattrs, saved = _attempt(config, opts, work, lower, target,
+                                        base_manifest, first | hints)
+        moved = manifest.moved_state(inodes, saved[1], saved[0], stats,
+                                     os.lstat(target).st_dev)
+        if not moved:
+            break
+        print(f"{len(moved)} paths changed inode after the stage set their "
+              f"owner, mode or xattrs ({', '.join(moved[:5])}"
+              f"{', ...' if len(moved) > 5 else ''}); "
+              + ("running the stage again with them copied up first"
+                 if attempt < ATTEMPTS else "giving up"), flush=True)
+        hints.update(moved)
+        _write_hints(hints_path, hints)
+        if attempt == ATTEMPTS:
+            raise UserError(f"stage {opts['recipe']}/{opts['stage']}: owners, "
+                            f"modes or xattrs of {len(moved)} paths could not "
+                            "be kept (the files kept changing identity)",
+                            hint="see the stage's log")
+        proc.run(["umount", target])
+    result_manifest = manifest.combine(target, stats, saved[1], xattrs)
+    manifest.write(os.path.join(work, "result.manifest"), result_manifest)
+    previous = ostree.Repo(config.repo).rev_parse(opts["ref"])
+    with timed("commit"):
+        commit, changed = ostree.commit_changes(
+            config.repo, base_commit, target, os.path.join(work, "upper"),
+            base_manifest,
+            result_manifest, opts["ref"],
+            f"{opts['recipe']}/{opts['stage']} ({opts['kind']})",
+            parent=previous, timestamp=opts.get("commit_timestamp"),
+            metadata={"debostree.stage": f"{opts['recipe']}/{opts['stage']}"})
+    with open(os.path.join(work, "result.json"), "w") as f:
+        json.dump({"commit": commit, "changed": changed}, f)
+
+
+ATTEMPTS = 3
+
+
+def _read_hints(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return []
+
+
+def _write_hints(path, hints):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    files.write_if_changed(path, json.dumps(sorted(hints), indent=0) + "\n")
+
+
+def _attempt(config, opts, work, lower, target, base_manifest, copy_first):
+    """One run of the stage's work on a fresh overlay over ``lower``.
+
+    Returns the tree's stats, the xattrs read under fakeroot, and the
+    fakeroot state as loaded and as saved, ``(loaded, saved)``."""
+    upper = os.path.join(work, "upper")
+    ovl = os.path.join(work, "ovl")
+    for d in (upper, ovl, os.path.join(work, "run"), os.path.join(work, "native"),
+              os.path.join(work, "libfakeroot")):
+        _rmtree(d)
+    for marker in ("policy-rc.d-created", "faked.save"):
+        if os.path.exists(os.path.join(work, marker)):
+            os.unlink(os.path.join(work, marker))
+    for d in (upper, ovl, target):
+        os.makedirs(d, exist_ok=True)
+    proc.run(sandbox.overlay_mount_argv(lower, upper, ovl, target))
     with timed("fakeroot state"):
-        manifest.copy_up_special(target, base_manifest)
+        manifest.copy_up(target, copy_first)
         state = manifest.fakeroot_state(target, base_manifest)
     saved = os.path.join(work, "faked.save")
     with timed("faked start"):
@@ -346,19 +424,8 @@ def inner(config_path, options_path, work):
     finally:
         with timed("faked stop"):
             _stop_faked(int(pid))
-    result_manifest = manifest.combine(target, stats,
-                                       manifest.read_fakeroot_state(saved), xattrs)
-    manifest.write(os.path.join(work, "result.manifest"), result_manifest)
-    previous = ostree.Repo(config.repo).rev_parse(opts["ref"])
-    with timed("commit"):
-        commit, changed = ostree.commit_changes(
-            config.repo, base_commit, target, upper, base_manifest,
-            result_manifest, opts["ref"],
-            f"{opts['recipe']}/{opts['stage']} ({opts['kind']})",
-            parent=previous, timestamp=opts.get("commit_timestamp"),
-            metadata={"debostree.stage": f"{opts['recipe']}/{opts['stage']}"})
-    with open(os.path.join(work, "result.json"), "w") as f:
-        json.dump({"commit": commit, "changed": changed}, f)
+    return stats, xattrs, (manifest.parse_fakeroot_state(state),
+                           manifest.read_fakeroot_state(saved))
 
 
 def _stop_faked(pid):

@@ -45,9 +45,11 @@ class Key:
 
 
 def build_deb(workdir, name, version="1.0", arch="all", files=None,
-              scripts=None, **fields):
+              scripts=None, links=None, dirs=(), **fields):
     """Build ``name_version_arch.deb``; ``fields`` become control fields
-    (underscores in keyword names become dashes: pre_depends=...)."""
+    (underscores in keyword names become dashes: pre_depends=...);
+    ``links`` maps paths to symbolic link targets, ``dirs`` are empty
+    directories."""
     root = os.path.join(workdir, f"{name}_{version}_{arch}")
     shutil.rmtree(root, ignore_errors=True)
     os.makedirs(os.path.join(root, "DEBIAN"))
@@ -71,6 +73,12 @@ def build_deb(workdir, name, version="1.0", arch="all", files=None,
         os.makedirs(os.path.dirname(full), exist_ok=True)
         with open(full, "w") as f:
             f.write(content)
+    for path in dirs:
+        os.makedirs(os.path.join(root, path), exist_ok=True)
+    for path, target in (links or {}).items():
+        full = os.path.join(root, path)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        os.symlink(target, full)
     deb = os.path.join(workdir, f"{name}_{version.replace(':', '%3a')}_{arch}.deb")
     run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", root, deb])
     shutil.rmtree(root)

@@ -41,13 +41,23 @@ def resolve_recipe(tmp_path, archive, stages, arch="amd64", **extra):
     return texts[("r", arch)], str(tmp_path / "cache" / "apt" / f"r.{arch}")
 
 
-def apt_simulate(root_dir, args, status_text=""):
+# apt flags the package "apt" Essential unless pkgCacheGen::ForceEssential
+# says otherwise.  mmdebstrap's apt configuration clears it for every variant
+# but 'apt'; apt inside an image (install and remove stages) keeps apt's
+# default.  The references below say which they mean instead of relying on the
+# resolver's own configuration file.
+MMDEBSTRAP_APT = ("-o", "pkgCacheGen::ForceEssential=,")
+DEFAULT_APT = ("-o", "pkgCacheGen::ForceEssential=apt")
+
+
+def apt_simulate(root_dir, args, status_text="", options=MMDEBSTRAP_APT):
     """``apt-get --simulate`` on a resolver root; returns {(name, arch): ver}."""
     with open(os.path.join(root_dir, "status"), "w") as f:
         f.write(status_text)
     env = {**os.environ, "APT_CONFIG": os.path.join(root_dir, "apt.conf"),
            "LC_ALL": "C"}
-    result = subprocess.run(["apt-get", "--simulate", "--yes"] + list(args),
+    result = subprocess.run(["apt-get", "--simulate", "--yes"] + list(options)
+                            + list(args),
                             env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     found = {}

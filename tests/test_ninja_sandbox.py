@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from debostree import ninja, sandbox
+from debostree import manifest, ninja, sandbox
 from debostree.errors import UserError
 
 
@@ -93,3 +93,35 @@ def test_missing_binfmt_says_how_to_fix(tmp_path):
     unmounted.mkdir()
     assert "mount -t binfmt_misc" in sandbox.binfmt_problem("arm64", "amd64",
                                                             str(unmounted))
+
+
+def _stat(ino, mode=0o100644):
+    return os.stat_result((mode, ino, 1, 1, 0, 0, 0, 0, 0, 0))
+
+
+def test_shared_inodes_are_split_but_one():
+    inodes = {10: ["/a", "/b", "/c"], 11: ["/d"]}
+    assert manifest.shared_inode_paths(inodes) == ["/b", "/c"]
+
+
+def test_state_left_on_an_old_inode_is_found():
+    dev = 99
+    inodes = {10: ["/usr/bin/tab"], 11: ["/etc/a", "/etc/b"], 12: ["/usr/bin/x"],
+              13: ["/etc/gone"]}
+    stats = {"/usr/bin/tab": _stat(500), "/etc/a": _stat(11), "/etc/b": _stat(11),
+             "/usr/bin/x": _stat(12)}
+    saved = {
+        (dev, 10): (0o102755, 0, 8),   # chgrp, then chmod copied it up
+        (dev, 11): (0o100640, 0, 8),   # one inode for two paths
+        (dev, 12): (0o100644, 0, 0),   # as loaded: nothing happened
+        (dev, 13): (0o100600, 5, 5),   # renamed or removed since
+        (dev, 500): (0o102755, 0, 0),  # the new inode's own entry
+        (7, 10): (0o100644, 1, 1),     # another device
+    }
+    loaded = {(dev, 12): (0o100644, 0, 0)}
+    assert manifest.moved_state(inodes, saved, loaded, stats, dev) == [
+        "/etc/a", "/etc/b", "/etc/gone", "/usr/bin/tab"]
+    # A chown that stays on the file's own inode needs nothing more.
+    stats["/usr/bin/tab"] = _stat(10)
+    assert "/usr/bin/tab" not in manifest.moved_state(inodes, saved, loaded,
+                                                      stats, dev)

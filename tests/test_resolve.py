@@ -4,7 +4,8 @@ import pytest
 
 from debostree import lockfile
 from debostree.errors import UserError
-from helpers import apt_simulate, locked_set, resolve_recipe, status_of
+from helpers import (DEFAULT_APT, MMDEBSTRAP_APT, apt_simulate, locked_set,
+                     resolve_recipe, status_of)
 
 
 CUSTOM_REQUESTS = [
@@ -52,17 +53,26 @@ def test_recommends_switch(tmp_path, test_archive):
     assert locked_set(text) == apt_simulate(root, ["install", "app"])
 
 
-@pytest.mark.parametrize("variant", ["essential", "required", "important"])
+@pytest.mark.parametrize("variant", ["essential", "apt", "required",
+                                     "important"])
 def test_variants_follow_mmdebstrap(tmp_path, test_archive, variant):
     text, root = resolve_recipe(tmp_path, test_archive, [
         {"name": "base", "bootstrap": {"variant": variant}}])
-    # mmdebstrap: apt installs the Essential set, then (for priority based
-    # variants) the priority set plus apt on top of it.
-    essential = apt_simulate(root, ["install", "?narrow(?architecture(amd64),"
-                                    "?essential)"])
     got = locked_set(text)
+    if variant == "apt":
+        # mmdebstrap's 'apt' variant: "apt-get dist-upgrade" on an empty
+        # status, with apt's default configuration (apt forced Essential).
+        assert got == apt_simulate(root, ["dist-upgrade"], options=DEFAULT_APT)
+        assert ("apt", "amd64") in got
+        return
+    # mmdebstrap (with pkgCacheGen::ForceEssential ","): apt installs the
+    # Essential set, then (for priority based variants) the priority set
+    # plus apt on top of it.
+    essential = apt_simulate(root, ["install", "?narrow(?architecture(amd64),"
+                                    "?essential)"], options=MMDEBSTRAP_APT)
     assert set(essential) <= set(got)
     assert ("base-files", "amd64") in got and ("coreutils", "amd64") in got
+    assert ("apt", "amd64") not in essential
     if variant == "essential":
         assert got == essential
         return
@@ -73,10 +83,40 @@ def test_variants_follow_mmdebstrap(tmp_path, test_archive, variant):
         "?or(?priority(required),?priority(important))"
     rest = apt_simulate(root, ["install", "apt", f"?narrow(?architecture(amd64),"
                                f"?and({pattern},?not(?essential)))"],
-                        status_of("\n\n".join(stanzas)))
+                        status_of("\n\n".join(stanzas)), options=MMDEBSTRAP_APT)
     assert got == {**essential, **rest}
     assert ("apt", "amd64") in got
     assert (("important-tool", "all") in got) == (variant == "important")
+
+
+def test_essential_variant_is_essential_only(tmp_path, test_archive):
+    # apt is Priority: required but not Essential: yes in the archive; apt's
+    # cache would flag it Essential unless told not to.
+    sets = {}
+    for variant in ("essential", "apt", "required"):
+        text, _ = resolve_recipe(tmp_path / variant, test_archive, [
+            {"name": "base", "bootstrap": {"variant": variant}}])
+        sets[variant] = {name for name, arch in locked_set(text)}
+    assert sets["essential"] == {"base-files", "coreutils", "libc"}
+    assert sets["apt"] == sets["essential"] | {"apt", "gpgv2"}
+    assert sets["required"] == sets["apt"]
+    # The lockfile says which step installed what: apt comes with the rest
+    # in the priority variants, as mmdebstrap installs it.
+    text, root = resolve_recipe(tmp_path / "again", test_archive, [
+        {"name": "base", "bootstrap": {"variant": "essential",
+                                       "packages": ["nano"]}}])
+    assert {name for name, _ in locked_set(text)} == \
+        sets["essential"] | {"nano"}
+
+
+def test_remove_stage_keeps_apt_essential(tmp_path, test_archive):
+    # apt-get in the image (which runs remove stages) treats apt as
+    # Essential and refuses to purge it; so does the resolver.
+    with pytest.raises(UserError) as info:
+        resolve_recipe(tmp_path, test_archive, [
+            {"name": "base", "bootstrap": {"variant": "apt"}},
+            {"name": "slim", "remove": ["apt"]}])
+    assert "essential packages: apt" in info.value.format()
 
 
 def test_install_stage_resolves_on_top_of_parent(tmp_path, test_archive):
@@ -91,7 +131,8 @@ def test_install_stage_resolves_on_top_of_parent(tmp_path, test_archive):
     # On top of the base stage, apt installs exactly the 'more' packages.
     base_text = "\n".join(lockfile.stanza_text(e.fields) for e in entries
                           if e.stage == "base")
-    more = apt_simulate(root, ["install", "app", "exim"], status_of(base_text))
+    more = apt_simulate(root, ["install", "app", "exim"], status_of(base_text),
+                        options=DEFAULT_APT)  # apt as it runs in the image
     assert more == {(e.name, e.arch): e.version for e in entries
                     if e.stage == "more"}
 

@@ -1,0 +1,179 @@
+"""Importing a .deb: its files as dpkg leaves them on a merged-/usr system,
+and dpkg's file list as dpkg writes it.  Tiny packages are built with
+dpkg-deb on the fly; nothing needs the network or root."""
+
+import hashlib
+import os
+import stat
+import subprocess
+
+import pytest
+
+from debarchive import build_deb
+from debostree import debimport, ostree
+from debostree.stagerun import Stage
+
+LINKS = {"bin": "usr/bin", "lib": "usr/lib", "lib64": "usr/lib64",
+         "sbin": "usr/sbin"}
+# What graph.py chooses for amd64 (mmdebstrap's merged-usr hook's links).
+AMD64_SKELETON = ["bin", "sbin", "lib", "lib32", "lib64", "libx32"]
+
+
+def base_files_like(workdir):
+    """Like Debian 13's base-files: the merged-/usr links are its own."""
+    return build_deb(workdir, "base-files", "13.8", "amd64",
+                     files={"usr/lib/os-release": "ID=debian\n",
+                            "etc/issue": "Debian 13\n"},
+                     dirs=["usr/bin", "usr/sbin", "usr/lib64", "usr/games"],
+                     links={**LINKS, "etc/os-release": "../usr/lib/os-release"},
+                     essential="yes")
+
+
+def old_layout(workdir):
+    """Like a Debian 12 package: files under /bin, /sbin, /lib, /lib64."""
+    return build_deb(workdir, "oldutils", "1.0", "amd64",
+                     files={"bin/tool": "#!/bin/sh\n",
+                            "sbin/admin": "#!/bin/sh\n",
+                            "lib/x86_64-linux-gnu/libold.so.1": "ELF\n",
+                            "lib64/ld-old.so.2": "ELF\n",
+                            "usr/bin/other": "#!/bin/sh\n"},
+                     links={"lib/x86_64-linux-gnu/libold.so":
+                            "libold.so.1"})
+
+
+@pytest.fixture
+def repo(tmp_path):
+    repo = ostree.Repo(str(tmp_path / "repo"))
+    repo.ensure()
+    return repo
+
+
+def import_deb(repo, tmp_path, deb):
+    with open(deb, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return debimport.import_deb(repo.path, deb, digest,
+                                str(tmp_path / "pkgs" / f"{digest}.json"),
+                                str(tmp_path / "tmp"))
+
+
+def tree(repo, rev):
+    """{path: (type letter, target)} of a commit, from ``ostree ls -R``."""
+    out = subprocess.run(["ostree", "ls", f"--repo={repo.path}", "-R", rev],
+                         check=True, capture_output=True, text=True).stdout
+    result = {}
+    for line in out.splitlines():
+        fields = line.split(None, 4)
+        path, _, target = fields[4].partition(" -> ")
+        result[path] = (fields[0][0], target or None)
+    return result
+
+
+def cat(repo, rev, path):
+    return subprocess.run(["ostree", "cat", f"--repo={repo.path}", rev, path],
+                          check=True, capture_output=True, text=True).stdout
+
+
+def dpkg_list(tmp_path, deb, name):
+    """The .list dpkg itself writes when it unpacks ``deb`` (into an empty
+    root of its own)."""
+    root = tmp_path / f"dpkg-{name}"
+    for sub in ("var/lib/dpkg/info", "var/lib/dpkg/updates"):
+        os.makedirs(root / sub)
+    (root / "var/lib/dpkg/status").write_text("")
+    subprocess.run(["dpkg", f"--root={root}", "--log=/dev/null",
+                    "--force-not-root", "--unpack", deb], check=True,
+                   capture_output=True,
+                   env={**os.environ, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    return (root / "var/lib/dpkg/info" / f"{name}.list").read_text()
+
+
+def test_shipped_merged_usr_links_stay_links(tmp_path, repo):
+    deb = base_files_like(tmp_path)
+    summary = import_deb(repo, tmp_path, deb)
+    assert summary["merged_usr_links"] == ["bin", "lib", "lib64", "sbin"]
+    data = tree(repo, summary["data_commit"])
+    for name, target in LINKS.items():
+        assert data["/" + name] == ("l", target)
+        assert data["/" + target] == ("d", None)
+    assert data["/etc/os-release"] == ("l", "../usr/lib/os-release")
+    assert data["/usr/lib/os-release"][0] == "-"
+    assert not any(path.startswith("/usr/usr") for path in data)
+    # The summary's manifest describes the same tree.
+    entries = {e[0]: e for e in map(_manifest_entry, summary["manifest"])}
+    assert set(entries) == set(data) - {"/"}
+    for name, target in LINKS.items():
+        assert stat.S_ISLNK(entries["/" + name][1])
+        assert entries["/" + name][4] == target
+    # dpkg's file list names the links as the package does, byte for byte
+    # what dpkg writes (glibc's preinst looks for /lib64 in it).
+    listing = cat(repo, summary["info_commit"],
+                  "/var/lib/dpkg/info/base-files.list")
+    assert listing == dpkg_list(tmp_path, deb, "base-files")
+    assert {"/bin", "/lib", "/lib64", "/sbin"} <= set(listing.splitlines())
+
+
+def test_old_layout_moves_under_usr(tmp_path, repo):
+    deb = old_layout(tmp_path)
+    summary = import_deb(repo, tmp_path, deb)
+    assert summary["merged_usr_links"] == []
+    data = tree(repo, summary["data_commit"])
+    assert {p for p in data if p.count("/") == 1} == {"/", "/usr"}
+    for path in ("/usr/bin/tool", "/usr/sbin/admin", "/usr/bin/other",
+                 "/usr/lib/x86_64-linux-gnu/libold.so.1", "/usr/lib64/ld-old.so.2"):
+        assert data[path] == ("-", None)
+    assert data["/usr/lib/x86_64-linux-gnu/libold.so"] == ("l", "libold.so.1")
+    entries = {e[0] for e in map(_manifest_entry, summary["manifest"])}
+    assert entries == set(data) - {"/"}
+    listing = cat(repo, summary["info_commit"], "/var/lib/dpkg/info/oldutils.list")
+    assert listing == dpkg_list(tmp_path, deb, "oldutils")
+    assert "/bin/tool" in listing.splitlines()
+
+
+def compose(tmp_path, repo, summaries):
+    stage = Stage.__new__(Stage)  # compose needs only these
+    stage.opts = {"recipe": "r", "stage": "base", "arch": "amd64",
+                  "ref": "stage/r/amd64/base", "merged_usr_dirs": AMD64_SKELETON,
+                  "summaries": [s for s in summaries]}
+    stage.work = str(tmp_path / "work")
+    os.makedirs(stage.work, exist_ok=True)
+    stage.repo = repo
+    stage.log = str(tmp_path / "compose.log")
+    commit, entries = stage.compose()
+    return tree(repo, commit), entries
+
+
+def summary_paths(tmp_path):
+    return sorted(str(p) for p in (tmp_path / "pkgs").iterdir())
+
+
+def test_compose_takes_the_packages_links(tmp_path, repo):
+    """With a package that ships the links (Debian 13), the tree has exactly
+    those, as dpkg leaves it; without one (Debian 12), the skeleton's."""
+    import_deb(repo, tmp_path / "old", old_layout(tmp_path))
+    data, entries = compose(tmp_path / "old", repo, summary_paths(tmp_path / "old"))
+    top = {p: v for p, v in data.items() if p.count("/") == 1 and v[0] == "l"}
+    assert top == {f"/{name}": ("l", f"usr/{name}") for name in AMD64_SKELETON}
+    assert data["/usr/bin/tool"] == ("-", None)
+
+    import_deb(repo, tmp_path / "new", base_files_like(tmp_path))
+    import_deb(repo, tmp_path / "new", old_layout(tmp_path))
+    data, entries = compose(tmp_path / "new", repo, summary_paths(tmp_path / "new"))
+    top = {p: v for p, v in data.items() if p.count("/") == 1 and v[0] == "l"}
+    assert top == {f"/{name}": ("l", target) for name, target in LINKS.items()}
+    assert "/usr/lib32" not in data and "/usr/libx32" not in data
+    assert data["/usr/bin/tool"] == ("-", None)
+    assert data["/usr/lib64/ld-old.so.2"] == ("-", None)
+    # The manifest the stage starts from agrees with the tree.
+    for path, (kind, target) in data.items():
+        if path.startswith("/var/lib/dpkg") or path == "/":
+            continue
+        assert path in entries, path
+        assert stat.S_ISLNK(entries[path].mode) == (kind == "l"), path
+        assert entries[path].target == target, path
+    assert set(p for p in entries if p.count("/") == 1) == \
+        set(p for p in data if p.count("/") == 1)
+
+
+def _manifest_entry(line):
+    import json
+    return json.loads(line)
