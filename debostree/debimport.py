@@ -111,14 +111,19 @@ def read_control(deb, info_dir):
             f.write(data)
         os.chmod(f"{prefix}.{name}", 0o755 if mode & 0o111 else 0o644)
     conffiles = []
+    flags = {}
     if "conffiles" in members:
         for line in members["conffiles"][0].decode().splitlines():
-            line = line.strip()
-            # "remove-on-upgrade" flags (dpkg >= 1.20.1) follow the path.
-            if line.startswith("/"):
-                conffiles.append(line.split()[0])
+            # "remove-on-upgrade /PATH" (dpkg >= 1.20.1): flags come first,
+            # and dpkg's status keeps them after the path and hash.
+            words = line.split()
+            if not words or not words[-1].startswith("/"):
+                continue
+            conffiles.append(words[-1])
+            if len(words) > 1:
+                flags[words[-1]] = " ".join(words[:-1])
     triggers = members.get("triggers", (b"", 0))[0].decode()
-    return control, conffiles, triggers
+    return control, conffiles, triggers, flags, members["control"][0].decode()
 
 
 def import_deb(repo_path, deb, sha256, summary_path, tmp_root):
@@ -130,7 +135,8 @@ def import_deb(repo_path, deb, sha256, summary_path, tmp_root):
     try:
         info_dir = os.path.join(tmp, "info", "var", "lib", "dpkg", "info")
         os.makedirs(info_dir)
-        control, conffiles, triggers = read_control(deb, info_dir)
+        control, conffiles, triggers, conffile_flags, control_text = \
+            read_control(deb, info_dir)
         conffile_set = set(conffiles)
         conffile_md5 = {}
         listing = ["/."]
@@ -205,6 +211,10 @@ def import_deb(repo_path, deb, sha256, summary_path, tmp_root):
             "data_commit": data_commit,
             "info_commit": info_commit,
             "control": str(control),
+            # As the package has it: dpkg copies values verbatim (trailing
+            # spaces included) into its status.
+            "control_text": control_text,
+            "conffile_flags": conffile_flags,
             "conffiles": [[path, conffile_md5.get(path.lstrip("/"))]
                           for path in conffiles],
             "triggers": triggers,

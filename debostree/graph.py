@@ -297,7 +297,15 @@ class GraphBuilder:
                 "name": e.name, "version": e.version, "arch": e.arch,
                 "sha256": e.sha256,
                 "dpkg_name": f"{e.name}:{e.arch}" if e.get("Multi-Arch") == "same"
-                else e.name} for e in ordered]
+                else e.name,
+                "filename": e.filename,
+                "pool_path": fetch.pool_path(self.config.pool, e.sha256),
+                "stanza": lockfile.stanza_text(e.fields)} for e in ordered]
+            # What apt is asked, so the maintainer scripts run in its order
+            # (dpkgorder.py).
+            options["variant"] = stage.options["variant"]
+            options["requests"] = [str(r.for_arch(arch))
+                                   for r in stage.options["packages"]]
             summaries = [self.import_edge(e) for e in ordered]
             options["summaries"] = [os.path.abspath(os.path.join(self.base, p))
                                     for p in summaries]

@@ -164,5 +164,21 @@ def binfmt_problem(arch, host_arch, binfmt_dir="/proc/sys/fs/binfmt_misc"):
     return None
 
 
+def fakeroot_mismatch(arch, daemon_version, library_version):
+    """None when the host's fakeroot daemon and the target's preload library
+    speak one protocol, else why not.  Their messages changed between
+    upstream releases (a 1.37 library waits forever on a 1.31 daemon), so
+    the upstream versions must be equal."""
+    def upstream(version):
+        return version.split(":", 1)[-1].rsplit("-", 1)[0]
+    if upstream(daemon_version) == upstream(library_version):
+        return None
+    return (f"the {arch} fakeroot library the recipe's archives give "
+            f"({library_version}) does not speak the protocol of this host's "
+            f"fakeroot daemon ({daemon_version}); build {arch} images of this "
+            "suite on a host whose fakeroot has the same upstream version "
+            "(the same Debian release), or build for the host's architecture")
+
+
 def quote(argv):
     return shlex.join(argv)

@@ -16,6 +16,7 @@ full log is under ``BUILDDIR/logs/``.
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import signal
 import stat
@@ -23,7 +24,9 @@ import subprocess
 import sys
 import time
 
-from . import debimport, deployable, files, manifest, native, ostree, proc, sandbox
+from . import (debimport, deployable, dpkgorder, files, manifest, native, ostree,
+               proc, sandbox)
+from . import ids
 from .errors import UserError
 from .project import load_config
 
@@ -40,7 +43,7 @@ VOLATILE = (
     "/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/triggers/Lock",
     "/var/lib/apt/lists/lock", "/var/cache/apt/archives/lock",
     "/etc/passwd-", "/etc/group-", "/etc/shadow-", "/etc/gshadow-",
-    "/etc/subuid-", "/etc/subgid-",
+    "/etc/subuid-", "/etc/subgid-", "/var/lib/dbus/machine-id",
 )
 # Directories whose contents are never committed (mount points in the sandbox).
 EMPTY_DIRS = ("/dev", "/proc", "/sys", "/run", "/tmp")
@@ -101,6 +104,14 @@ class Stage:
         problem = sandbox.binfmt_problem(self.opts["arch"], self.config.host_arch)
         if problem:
             raise UserError(f"cannot run {self.opts['arch']} programs: {problem}")
+        if self.opts.get("fakeroot_deb"):
+            daemon = proc.run(["dpkg-query", "-W", "-f=${Version}", "fakeroot"],
+                              capture=True).stdout.strip()
+            library = proc.run(["dpkg-deb", "-f", self.opts["fakeroot_deb"],
+                                "Version"], capture=True).stdout.strip()
+            problem = sandbox.fakeroot_mismatch(self.opts["arch"], daemon, library)
+            if problem:
+                raise UserError(problem)
         self.repo.ensure()
         os.makedirs(os.path.dirname(self.log), exist_ok=True)
         with open(self.log, "w") as f:
@@ -114,6 +125,17 @@ class Stage:
         _rmtree(self.work)
         os.makedirs(self.work)
         try:
+            if self.opts["kind"] == "bootstrap":
+                t = time.monotonic()
+                self.steps = dpkgorder.plan(
+                    self.opts["packages"], self.opts["arch"],
+                    self.opts["variant"], self.opts["requests"],
+                    os.path.join(self.work, "apt"))
+                with open(os.path.join(self.work, "plan.json"), "w") as f:
+                    json.dump(self.steps, f)
+                with open(self.log, "a") as f:
+                    f.write(f"[apt's order of {len(self.opts['packages'])} "
+                            f"packages: {time.monotonic() - t:.2f} s]\n")
             base, base_manifest = self.prepare_base()
             t = time.monotonic()
             lower = self.checkout(base)
@@ -124,6 +146,11 @@ class Stage:
             manifest.write(os.path.join(self.work, "base.manifest"), base_manifest)
             with open(os.path.join(self.work, "base.commit"), "w") as f:
                 f.write(base + "\n")
+            # The reference for system user and group IDs: history, like
+            # the branch's parent, so not an input of the stage (ids.py).
+            note = ids.write_reference(self.config, self.opts, self.work)
+            with open(self.log, "a") as f:
+                f.write(note + "\n")
             inner = [sys.executable, "-m", "debostree.stagerun", "inner",
                      self.config.config_path, self.options_path_abs(),
                      self.work]
@@ -201,6 +228,12 @@ class Stage:
     def compose(self):
         """Merge the packages' commits into an unpacked tree (metadata only)."""
         summaries = [debimport.load_summary(p) for p in self.opts["summaries"]]
+        # dpkg registers trigger interests as it unpacks: in the plan's order.
+        unpacked = [name for kind, args in getattr(self, "steps", ())
+                    if kind == "preinst"
+                    for name in args]
+        rank = {name: i for i, name in enumerate(unpacked)}
+        summaries.sort(key=lambda s: rank.get(s["dpkg_name"], len(rank)))
         skel = os.path.join(self.work, "skeleton")
         entries = {}
 
@@ -251,11 +284,18 @@ class Stage:
                     triggers_file.append(f"{words[1]} {who}\n")
                 else:
                     interests.setdefault(words[1], []).append(who + "\n")
-            control = summary["control"].rstrip("\n").split("\n")
-            lines = [control[0], "Status: install ok unpacked"] + control[1:]
+            control = summary.get("control_text", summary["control"]) \
+                .rstrip("\n").split("\n")
+            # Unpacked but not yet selected: "dpkg --configure --pending"
+            # leaves it alone until the bootstrap's steps reach it (the
+            # selection is set as its preinst runs, as dpkg's unpack does).
+            lines = [control[0], "Status: deinstall ok unpacked"] + control[1:]
             if summary["conffiles"]:
                 lines.append("Conffiles:")
-                lines += [f" {path} newconffile" for path, _ in summary["conffiles"]]
+                flags = summary.get("conffile_flags", {})
+                lines += [f" {path} newconffile" + (f" {flags[path]}" if path in flags
+                                                    else "")
+                          for path, _ in summary["conffiles"]]
             status.append("\n".join(lines) + "\n")
         for path, text in (("/var/lib/dpkg/status", "\n".join(status)),
                            ("/var/lib/dpkg/diversions", ""),
@@ -347,6 +387,8 @@ def inner(config_path, options_path, work):
                             hint="see the stage's log")
         proc.run(["umount", target])
     result_manifest = manifest.combine(target, stats, saved[1], xattrs)
+    with timed("ids"):
+        result_manifest = ids.keep(work, target, result_manifest)
     manifest.write(os.path.join(work, "result.manifest"), result_manifest)
     previous = ostree.Repo(config.repo).rev_parse(opts["ref"])
     with timed("commit"):
@@ -407,7 +449,7 @@ def _attempt(config, opts, work, lower, target, base_manifest, copy_first):
     try:
         run_in_fakeroot(config, opts, work, target, key, host_lib)
         with timed("scan"):
-            cleanup(work, target)
+            stale = cleanup(work, target)
             skip = set(VOLATILE) | {d + "/" + n for d in EMPTY_DIRS
                                     if os.path.isdir(target + d)
                                     for n in os.listdir(target + d)}
@@ -424,8 +466,10 @@ def _attempt(config, opts, work, lower, target, base_manifest, copy_first):
     finally:
         with timed("faked stop"):
             _stop_faked(int(pid))
-    return stats, xattrs, (manifest.parse_fakeroot_state(state),
-                           manifest.read_fakeroot_state(saved))
+    saved_state = manifest.read_fakeroot_state(saved)
+    for key in stale:
+        saved_state.pop(key, None)
+    return stats, xattrs, (manifest.parse_fakeroot_state(state), saved_state)
 
 
 def _stop_faked(pid):
@@ -450,12 +494,46 @@ def _stop_faked(pid):
 
 
 def cleanup(work, target):
-    """Drop the stage's helper files and the volatile paths."""
+    """Drop the stage's helper files and the volatile paths.
+
+    Returns the ``(dev, ino)`` of the files removed: they are removed behind
+    the fakeroot daemon's back, so what it holds for those inodes is stale
+    (and would otherwise go to a new file that reuses one)."""
+    removed = set()
+
+    def unlink(path):
+        st = os.lstat(path)
+        removed.add((st.st_dev, st.st_ino))
+        os.unlink(path)
+
     if os.path.exists(os.path.join(work, "policy-rc.d-created")):
-        os.unlink(target + POLICY_RC_D)
+        unlink(target + POLICY_RC_D)
     for path in VOLATILE:
         if os.path.lexists(target + path) and not os.path.isdir(target + path):
-            os.unlink(target + path)
+            unlink(target + path)
+    # apt in the image runs debconf's preconfiguration (70debconf), which
+    # leaves its work directory behind, empty.
+    leftover = target + "/var/cache/debconf/tmp.ci"
+    if os.path.isdir(leftover) and not os.path.islink(leftover) and \
+            not os.listdir(leftover):
+        st = os.lstat(leftover)
+        removed.add((st.st_dev, st.st_ino))
+        os.rmdir(leftover)
+    # As mmdebstrap leaves it (machine-id(5)): an image made once for many
+    # machines has an empty /etc/machine-id, filled at boot ("uninitialized"
+    # from a deployable stage also asks for first-boot setup).
+    machine_id = target + "/etc/machine-id"
+    if os.path.isfile(machine_id) and not os.path.islink(machine_id):
+        with open(machine_id, "rb") as f:
+            content = f.read()
+        if content not in (b"", b"uninitialized\n"):
+            unlink(machine_id)
+            with open(machine_id, "w"):
+                pass
+            os.chmod(machine_id, 0o644)
+            st = os.lstat(machine_id)
+            removed.add((st.st_dev, st.st_ino))  # a new file: root's
+    return removed
 
 
 def run_in_fakeroot(config, opts, work, target, key, host_lib):
@@ -560,31 +638,45 @@ def _write_run_files(opts, work, target):
         # Each preinst runs as dpkg runs it: from /var/lib/dpkg/tmp.ci beside
         # the package's control files (debconf reads its templates and the
         # package name there), before "dpkg --configure -a" does the rest.
+        # The steps follow apt's and dpkg's order (dpkgorder.py, planned on
+        # the host before the stage ran); "dpkg --configure -a" settles
+        # anything left.
         controls = os.path.join(run, "control")
         os.makedirs(controls)
         summaries = {}
         for path in opts["summaries"]:
             summary = debimport.load_summary(path)
             summaries[summary["sha256"]] = summary
+        by_name = {pkg["dpkg_name"]: pkg for pkg in opts["packages"]}
+        with open(os.path.join(work, "plan.json"), encoding="utf-8") as f:
+            steps = json.load(f)
         lines.append("DPKG_RUNNING_VERSION=$(dpkg-query -W -f='${Version}' dpkg)")
-        for pkg in opts["packages"]:
-            info = f"/var/lib/dpkg/info/{pkg['dpkg_name']}"
-            if not os.path.exists(target + info + ".preinst"):
+        for kind, args in steps:
+            if kind == "dpkg":
+                lines.append(shlex.join(["dpkg"] + args))
                 continue
-            with open(os.path.join(controls, pkg["sha256"]), "w") as f:
-                f.write(summaries[pkg["sha256"]]["control"])
-            lines += [
-                "rm -rf /var/lib/dpkg/tmp.ci && mkdir /var/lib/dpkg/tmp.ci",
-                f"cp /run/debostree/control/{pkg['sha256']} /var/lib/dpkg/tmp.ci/control",
-                f"for f in {info}.*; do case ${{f##*.}} in list|md5sums) ;; "
-                f"*) cp -p \"$f\" /var/lib/dpkg/tmp.ci/${{f##*.}} ;; esac; done",
-                f"DPKG_MAINTSCRIPT_PACKAGE={pkg['name']} "
-                f"DPKG_MAINTSCRIPT_ARCH={pkg['arch']} "
-                f"DPKG_MAINTSCRIPT_NAME=preinst DPKG_ADMINDIR=/var/lib/dpkg "
-                f"DPKG_ROOT= DPKG_RUNNING_VERSION=$DPKG_RUNNING_VERSION "
-                f"DPKG_MAINTSCRIPT_PACKAGE_REFCOUNT=1 "
-                f"/var/lib/dpkg/tmp.ci/preinst install"]
-        lines += ["rm -rf /var/lib/dpkg/tmp.ci", "dpkg --configure -a"]
+            if args:
+                lines.append("printf '%s install\\n' " + shlex.join(args)
+                             + " | dpkg --set-selections")
+            for pkg in (by_name[name] for name in args):
+                info = f"/var/lib/dpkg/info/{pkg['dpkg_name']}"
+                if not os.path.exists(target + info + ".preinst"):
+                    continue
+                with open(os.path.join(controls, pkg["sha256"]), "w") as f:
+                    f.write(summaries[pkg["sha256"]]["control"])
+                lines += [
+                    "rm -rf /var/lib/dpkg/tmp.ci && mkdir /var/lib/dpkg/tmp.ci",
+                    f"cp /run/debostree/control/{pkg['sha256']} /var/lib/dpkg/tmp.ci/control",
+                    f"for f in {shlex.quote(info)}.*; do case ${{f##*.}} in list|md5sums) ;; "
+                    f"*) cp -p \"$f\" /var/lib/dpkg/tmp.ci/${{f##*.}} ;; esac; done",
+                    f"DPKG_MAINTSCRIPT_PACKAGE={shlex.quote(pkg['name'])} "
+                    f"DPKG_MAINTSCRIPT_ARCH={shlex.quote(pkg['arch'])} "
+                    f"DPKG_MAINTSCRIPT_NAME=preinst DPKG_ADMINDIR=/var/lib/dpkg "
+                    f"DPKG_ROOT= DPKG_RUNNING_VERSION=$DPKG_RUNNING_VERSION "
+                    f"DPKG_MAINTSCRIPT_PACKAGE_REFCOUNT=1 "
+                    f"/var/lib/dpkg/tmp.ci/preinst install"]
+            lines.append("rm -rf /var/lib/dpkg/tmp.ci")
+        lines.append("dpkg --configure -a")
     elif kind == "install":
         apt_dir = os.path.join(run, "apt")
         os.makedirs(apt_dir)

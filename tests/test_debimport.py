@@ -177,3 +177,19 @@ def test_compose_takes_the_packages_links(tmp_path, repo):
 def _manifest_entry(line):
     import json
     return json.loads(line)
+
+
+def test_status_keeps_conffile_flags_and_the_control_as_written(repo, tmp_path):
+    """dpkg's status keeps "remove-on-upgrade" (written before the path in
+    the conffiles member, after the path and hash in the status) and the
+    control's values verbatim, trailing spaces included."""
+    deb = build_deb(str(tmp_path), "confy", "1.0", "amd64",
+                    files={"etc/confy/new.conf": "x\n"},
+                    scripts={"conffiles": "remove-on-upgrade /etc/confy/old.conf\n"
+                             "/etc/confy/new.conf\n"},
+                    description="a test package \n with a long description")
+    summary = import_deb(repo, tmp_path, deb)
+    assert [path for path, _ in summary["conffiles"]] == [
+        "/etc/confy/old.conf", "/etc/confy/new.conf"]
+    assert summary["conffile_flags"] == {"/etc/confy/old.conf": "remove-on-upgrade"}
+    assert "Description: a test package \n" in summary["control_text"]

@@ -125,3 +125,10 @@ def test_state_left_on_an_old_inode_is_found():
     stats["/usr/bin/tab"] = _stat(10)
     assert "/usr/bin/tab" not in manifest.moved_state(inodes, saved, loaded,
                                                       stats, dev)
+
+
+def test_fakeroot_daemon_and_library_must_match():
+    assert sandbox.fakeroot_mismatch("arm64", "1.31-1.2", "1.31-1.2") is None
+    assert sandbox.fakeroot_mismatch("arm64", "1.31-1.2", "1.31-1.2+b1") is None
+    problem = sandbox.fakeroot_mismatch("arm64", "1.31-1.2", "1.37.1.1-1")
+    assert "1.37.1.1-1" in problem and "1.31-1.2" in problem

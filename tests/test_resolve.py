@@ -5,7 +5,7 @@ import pytest
 from debostree import lockfile
 from debostree.errors import UserError
 from helpers import (DEFAULT_APT, MMDEBSTRAP_APT, apt_simulate, locked_set,
-                     resolve_recipe, status_of)
+                     mmdebstrap_like, resolve_recipe, status_of)
 
 
 CUSTOM_REQUESTS = [
@@ -194,3 +194,51 @@ def test_same_inputs_same_bytes(tmp_path, test_archive):
     assert first == second
     names = [e.name for e in lockfile.parse(first)]
     assert names == sorted(names)
+
+
+@pytest.fixture(scope="module")
+def usrmerge_archive(tmp_path_factory, key):
+    """Debian 12 and 13 as far as merged /usr goes: in 'old', an Essential
+    package depends on "usrmerge | usr-is-merged" and base-files ships no
+    links; in 'new', base-files ships them and Provides usr-is-merged."""
+    from debarchive import Archive, Server
+    root = tmp_path_factory.mktemp("usrmerge-archive")
+    archive = Archive(root, key, architectures=("amd64",))
+    for suite in ("old", "new"):
+        archive.add(suite, "libc", "2.0", "amd64", priority="required")
+        archive.add(suite, "coreutils", "9.0", "amd64", essential="yes",
+                    priority="required", pre_depends="libc")
+        archive.add(suite, "apt", "2.6", "amd64", priority="required",
+                    depends="libc")
+        archive.add(suite, "perl", "5.36", "amd64", depends="libc")
+        archive.add(suite, "usrmerge", "39", "all", depends="perl")
+        archive.add(suite, "usr-is-merged", "39", "all")
+    archive.add("old", "base-files", "12.4", "amd64", essential="yes",
+                priority="required")
+    archive.add("old", "init-system-helpers", "1.65", "all", essential="yes",
+                priority="required", depends="usrmerge | usr-is-merged")
+    archive.add("new", "base-files", "13.8", "amd64", essential="yes",
+                priority="required", provides="base, usr-is-merged")
+    archive.add("new", "init-system-helpers", "1.69", "all", essential="yes",
+                priority="required")
+    archive.publish()
+    server = Server(root)
+    archive.url = server.url
+    yield archive
+    server.close()
+
+
+@pytest.mark.parametrize("suite", ["old", "new"])
+def test_usr_is_merged_only_where_packages_do_not_merge(tmp_path, usrmerge_archive,
+                                                        suite):
+    text, root = resolve_recipe(tmp_path, usrmerge_archive, [
+        {"name": "base", "bootstrap": {"variant": "minbase"}}], suites=[suite])
+    got = locked_set(text)
+    names = {name for name, _ in got}
+    assert "usrmerge" not in names and "perl" not in names
+    # 'old': as mmdebstrap with its merged-usr hook (a stand-in usr-is-merged
+    # while the Essential set resolves, the real one with the rest); 'new':
+    # as plain mmdebstrap, whose base-files lays out merged /usr itself.
+    assert ("usr-is-merged" in names) == (suite == "old")
+    assert got == mmdebstrap_like(root, "amd64", "?priority(required)",
+                                  extra_merged_usr=(suite == "old"))

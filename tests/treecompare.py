@@ -1,4 +1,5 @@
-"""Comparing trees path by path: type, mode, owner, link target, content.
+"""Comparing trees path by path: type, mode, owner, link target, content
+and extended attributes (security.capability and the like).
 
 Used by the fidelity tests: a directory built by mmdebstrap in root mode
 against an OSTree commit of ours.
@@ -24,12 +25,34 @@ def tree_from_dir(root):
             result[path] = _entry(
                 st.st_mode, st.st_uid, st.st_gid,
                 os.readlink(full) if stat.S_ISLNK(st.st_mode) else None,
-                _hash_file(full) if stat.S_ISREG(st.st_mode) else None)
+                _hash_file(full) if stat.S_ISREG(st.st_mode) else None,
+                _dir_xattrs(full))
     return result
 
 
-def _entry(mode, uid, gid, target, digest):
-    return (stat.S_IFMT(mode), stat.S_IMODE(mode), uid, gid, target, digest)
+# Attributes of the machinery, not of the image.
+IGNORED_XATTRS = ("user.ostreemeta", "security.selinux", "user.overlay.",
+                  "trusted.overlay.")
+
+
+def _entry(mode, uid, gid, target, digest, xattrs=()):
+    return (stat.S_IFMT(mode), stat.S_IMODE(mode), uid, gid, target, digest,
+            tuple(sorted((n, v) for n, v in xattrs
+                         if not n.startswith(IGNORED_XATTRS))))
+
+
+def _dir_xattrs(path):
+    pairs = []
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return ()
+    for name in names:
+        try:
+            pairs.append((name, os.getxattr(path, name, follow_symlinks=False)))
+        except OSError:
+            pass
+    return pairs
 
 
 def _hash_file(path):
@@ -65,8 +88,12 @@ def tree_from_commit(repo_path, rev):
                     break
                 h.update(chunk)
             digest = h.hexdigest()
+        _, xattrs = gfile.get_xattrs(None)
+        pairs = [(bytes(n).rstrip(b"\0").decode(), bytes(v))
+                 for n, v in (xattrs.unpack() if xattrs is not None else [])]
         result[path] = _entry(mode, info.get_attribute_uint32("unix::uid"),
-                              info.get_attribute_uint32("unix::gid"), target, digest)
+                              info.get_attribute_uint32("unix::gid"), target,
+                              digest, pairs)
         if stat.S_ISDIR(mode):
             for child in gfile.enumerate_children(attrs,
                                                   Gio.FileQueryInfoFlags.NOFOLLOW_SYMLINKS,
@@ -95,7 +122,10 @@ def differences(ours, theirs, ignore=()):
             out.append(f"only in ours: {path} {a[:5]}")
         else:
             what = [name for name, x, y in zip(
-                ("type", "mode", "uid", "gid", "target", "content"), a, b) if x != y]
-            out.append(f"differs ({', '.join(what)}): {path} ours={a[:5]} "
-                       f"reference={b[:5]}")
+                ("type", "mode", "uid", "gid", "target", "content", "xattrs"),
+                a, b) if x != y]
+            shown = [i for i in (1, 2, 3, 4, 6) if a[i] != b[i]] or [5]
+            out.append(f"differs ({', '.join(what)}): {path} "
+                       f"ours={[a[i] for i in shown]} "
+                       f"reference={[b[i] for i in shown]}")
     return out
