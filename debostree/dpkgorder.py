@@ -25,6 +25,7 @@ import os
 import re
 import subprocess
 
+from . import resolve
 from .errors import UserError
 
 DPKG_CALL = re.compile(r"^\S*dpkg --status-fd \d+ (.*?)\s*$")
@@ -50,7 +51,7 @@ class _AptDir:
     def __init__(self, work, arch, packages, force_essential):
         self.dir = os.path.abspath(work)
         source = os.path.join(self.dir, "source")
-        for sub in ("lists/partial", "cache/archives/partial", "etc", "empty"):
+        for sub in ("lists/partial", "cache/archives/partial", "empty.d", "log"):
             os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
         os.makedirs(source, exist_ok=True)
         self.by_file = {}
@@ -62,36 +63,14 @@ class _AptDir:
             if not os.path.lexists(link):
                 os.symlink(pkg["pool_path"], link)
             self.by_file[os.path.normpath(link)] = pkg
-        d = self.dir
-        self.status = os.path.join(d, "status")
-        with open(os.path.join(d, "sources.list"), "w") as f:
+        self.status = os.path.join(self.dir, "status")
+        with open(os.path.join(self.dir, "sources.list"), "w") as f:
             f.write(f"deb [trusted=yes] file:{source} ./\n")
-        self.config = os.path.join(d, "apt.conf")
-        forced = "" if force_essential else 'pkgCacheGen::ForceEssential ",";\n'
+        self.config = os.path.join(self.dir, "apt.conf")
         with open(self.config, "w") as f:
-            f.write(f"""\
-Dir "{d}/";
-Dir::Etc "{d}/etc/";
-Dir::Etc::main "{d}/apt.conf";
-Dir::Etc::parts "{d}/empty/";
-Dir::Etc::sourcelist "{d}/sources.list";
-Dir::Etc::sourceparts "{d}/empty/";
-Dir::Etc::preferencesparts "{d}/empty/";
-Dir::Etc::trustedparts "{d}/empty/";
-Dir::State "{d}/";
-Dir::State::lists "{d}/lists/";
-Dir::State::status "{self.status}";
-Dir::Cache "{d}/cache/";
-Dir::Cache::pkgcache "";
-Dir::Cache::srcpkgcache "";
-Dir::Log "/dev/null";
-APT::Architecture "{arch}";
-APT::Architectures {{ "{arch}"; }};
-APT::Install-Recommends "false";
-APT::Install-Suggests "false";
-Acquire::Languages "none";
-Debug::NoLocking "true";
-{forced}""")
+            f.write(resolve.private_apt_conf(
+                self.dir, arch, force_essential=None if force_essential
+                else resolve.NO_FORCED_ESSENTIAL))
         self.set_installed([])
         self.apt(["update"])
 

@@ -36,6 +36,48 @@ NO_FORCED_ESSENTIAL = ","
 APT_DEFAULT_FORCED_ESSENTIAL = "apt"
 
 
+def private_apt_conf(directory, arch, recommends=False,
+                     force_essential=NO_FORCED_ESSENTIAL, dpkg=None):
+    """apt's configuration for a private directory: ``sources.list``,
+    ``status``, ``lists/`` and ``cache/`` in it, nothing of the host's
+    configuration read.  ``force_essential`` None keeps apt's own default
+    (apt itself counted Essential); ``dpkg`` replaces the dpkg it would call."""
+    d = directory
+    lines = [
+        f'Dir "{d}/";',
+        f'Dir::Etc "{d}/";',
+        f'Dir::Etc::main "{d}/apt.conf";',
+        f'Dir::Etc::parts "{d}/empty.d/";',
+        f'Dir::Etc::sourcelist "{d}/sources.list";',
+        f'Dir::Etc::sourceparts "{d}/empty.d/";',
+        f'Dir::Etc::preferences "{d}/preferences";',
+        f'Dir::Etc::preferencesparts "{d}/empty.d/";',
+        f'Dir::Etc::trusted "{d}/trusted.gpg";',
+        f'Dir::Etc::trustedparts "{d}/empty.d/";',
+        f'Dir::State "{d}/";',
+        f'Dir::State::lists "{d}/lists/";',
+        f'Dir::State::status "{d}/status";',
+        f'Dir::State::extended_states "{d}/extended_states";',
+        f'Dir::Cache "{d}/cache/";',
+        'Dir::Cache::pkgcache "";',
+        'Dir::Cache::srcpkgcache "";',
+        f'Dir::Log "{d}/log/";',
+    ]
+    if dpkg:
+        lines.append(f'Dir::Bin::dpkg "{dpkg}";')
+    if force_essential is not None:
+        lines.append(f'pkgCacheGen::ForceEssential "{force_essential}";')
+    lines += [
+        f'APT::Architecture "{arch}";',
+        f'APT::Architectures {{ "{arch}"; }};',
+        f'APT::Install-Recommends "{str(recommends).lower()}";',
+        'APT::Install-Suggests "false";',
+        'Acquire::Languages "none";',
+        'Debug::NoLocking "true";',
+    ]
+    return "\n".join(lines) + "\n"
+
+
 @dataclass
 class LockedPackage:
     """One resolved package: its index stanza and where it came from."""
@@ -107,36 +149,9 @@ class AptRoot:
             f.write(self.apt_conf())
 
     def apt_conf(self):
-        d = self.dir
-        return f"""\
-Dir "{d}/";
-Dir::Etc "{d}/";
-Dir::Etc::main "{d}/apt.conf";
-Dir::Etc::parts "{d}/empty.d/";
-Dir::Etc::sourcelist "{d}/sources.list";
-Dir::Etc::sourceparts "{d}/empty.d/";
-Dir::Etc::preferences "{d}/preferences";
-Dir::Etc::preferencesparts "{d}/empty.d/";
-Dir::Etc::trusted "{d}/trusted.gpg";
-Dir::Etc::trustedparts "{d}/empty.d/";
-Dir::State "{d}/";
-Dir::State::lists "{self.lists}/";
-Dir::State::status "{self.status}";
-Dir::State::extended_states "{d}/extended_states";
-Dir::Cache "{d}/cache/";
-Dir::Cache::pkgcache "";
-Dir::Cache::srcpkgcache "";
-Dir::Log "{d}/log/";
-Dir::Bin::dpkg "/bin/false";
-pkgCacheGen::ForceEssential "{NO_FORCED_ESSENTIAL}";
-APT::Architecture "{self.arch}";
-APT::Architectures {{ "{self.arch}"; }};
-APT::Install-Recommends "{str(self.recommends).lower()}";
-APT::Install-Suggests "false";
-APT::Get::Show-Versions "true";
-Acquire::Languages "none";
-Debug::NoLocking "true";
-"""
+        return private_apt_conf(self.dir, self.arch, self.recommends,
+                                dpkg="/bin/false") + \
+            'APT::Get::Show-Versions "true";\n'
 
     def env(self):
         """Environment for running apt-get on this root (for comparisons)."""
