@@ -24,9 +24,8 @@ import subprocess
 import sys
 import time
 
-from . import (debimport, deployable, dpkgorder, files, manifest, native, ostree,
-               proc, sandbox)
-from . import ids
+from . import (debimport, deployable, dpkgorder, files, ids, manifest, native,
+               ostree, proc, sandbox)
 from .errors import UserError
 from .project import load_config
 
@@ -367,9 +366,9 @@ def inner(config_path, options_path, work):
                               f"{opts['recipe']}/{opts['arch']}/{opts['stage']}.json")
     hints = set(_read_hints(hints_path))
     for attempt in range(1, ATTEMPTS + 1):
-        stats, xattrs, saved = _attempt(config, opts, work, lower, target,
-                                        base_manifest, first | hints)
-        moved = manifest.moved_state(inodes, saved[1], saved[0], stats,
+        stats, xattrs, (loaded, saved) = _attempt(
+            config, opts, work, lower, target, base_manifest, first | hints)
+        moved = manifest.moved_state(inodes, saved, loaded, stats,
                                      os.lstat(target).st_dev)
         if not moved:
             break
@@ -386,7 +385,7 @@ def inner(config_path, options_path, work):
                             "be kept (the files kept changing identity)",
                             hint="see the stage's log")
         proc.run(["umount", target])
-    result_manifest = manifest.combine(target, stats, saved[1], xattrs)
+    result_manifest = manifest.combine(target, stats, saved, xattrs)
     with timed("ids"):
         result_manifest = ids.keep(work, target, result_manifest)
     manifest.write(os.path.join(work, "result.manifest"), result_manifest)
