@@ -98,6 +98,9 @@ def download(url, dest, *, expect_size=None, expect_sha256=None, what=None):
                 f"({size} bytes) from {url}",
                 hint="the file was not kept; if the mirror is being updated, "
                 "retry later")
+        # Readable by others: a pool or cache may be shared by several
+        # users' builds (mkstemp made it 0600).
+        os.chmod(tmp, 0o644)
         os.rename(tmp, dest)
         tmp = None
         return actual
@@ -170,7 +173,8 @@ def check_valid_until(release, what, now=None):
     if limit < now:
         raise UserError(f"{what}: the Release file expired on {valid_until}",
                         hint="the archive or mirror is stale or replayed; use "
-                        "an up-to-date mirror")
+                        "an up-to-date mirror (for a snapshot mirror, set "
+                        "'check-valid-until: false' on the recipe's archive)")
 
 
 class ArchiveCache:
@@ -231,7 +235,8 @@ class ArchiveCache:
                                 f"{error.message}", hint=error.hint)
             os.replace(os.path.join(tmp, "Release"), verified)
         release = parse_release(verified)
-        check_valid_until(release, what, self.now)
+        if archive.check_valid_until:
+            check_valid_until(release, what, self.now)
         self._releases[key] = (verified, release)
         return self._releases[key]
 

@@ -21,6 +21,7 @@ tar headers; no root is needed and no emulated code runs.
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -33,6 +34,12 @@ from . import manifest, ostree
 from .errors import UserError
 
 MERGED_USR_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "libo32")
+# What dpkg accepts (lib/parsehelp.c, lib/arch.c, deb-version(7)); a name
+# that becomes a file name must never hold '/' or start with '.'.
+PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+ARCH_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+VERSION_RE = re.compile(r"^(?:[0-9]+:)?[0-9][A-Za-z0-9.+~:-]*$")
+CONTROL_MEMBER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 # Control members dpkg keeps in its info directory (everything but control).
 SKIP_CONTROL_MEMBERS = ("control",)
 
@@ -89,7 +96,52 @@ def _finish(process, deb):
         raise UserError(f"dpkg-deb cannot read {deb}: {err.strip()}")
 
 
-def read_control(deb, info_dir):
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_control(deb, control, expect=None):
+    """Refuse a control stanza whose names could leave the info directory
+    or that is not the package the lockfile pins."""
+    what = f"{deb}: control file"
+    for field, pattern in (("Package", PACKAGE_RE), ("Version", VERSION_RE),
+                           ("Architecture", ARCH_RE)):
+        value = control.get(field)
+        if value is None or not pattern.match(value):
+            raise UserError(f"{what}: invalid {field} {value!r}; refusing to "
+                            "import it", hint="the mirror or pool serves a "
+                            "broken or hostile package")
+    if expect:
+        got = (control["Package"], control["Version"], control["Architecture"])
+        if got != tuple(expect):
+            raise UserError(f"{what} says {' '.join(got)}, but the lockfile "
+                            f"pins {' '.join(expect)} to its SHA256; refusing "
+                            "to import it", hint="the archive's index and its "
+                            "package disagree: report it to the archive")
+
+
+def check_member_path(deb, member):
+    """Refuse a data member whose path or hard-link target could leave the
+    tree, or that dpkg's file lists could not hold."""
+    for label, value in (("path", member.name),
+                         ("hard link target", member.linkname if member.islnk()
+                          else "")):
+        if not value:
+            continue
+        parts = value.split("/")
+        if value.startswith("/") or ".." in parts or any(
+                c in value for c in "\n\r\0"):
+            raise UserError(f"{deb}: member {label} {value!r} is not a "
+                            "plain path inside the package; refusing to "
+                            "import it", hint="the mirror or pool serves a "
+                            "broken or hostile package")
+
+
+def read_control(deb, info_dir, expect=None):
     """Extract the control members; write info files; return (control, conffiles)."""
     process = _tar_stream(deb, "--ctrl-tarfile")
     members = {}
@@ -98,11 +150,15 @@ def read_control(deb, info_dir):
             name = member.name[2:] if member.name.startswith("./") else member.name
             if not member.isfile() or "/" in name:
                 continue
+            if not CONTROL_MEMBER_RE.match(name):
+                raise UserError(f"{deb}: invalid control member name {name!r}; "
+                                "refusing to import it")
             members[name] = (tar.extractfile(member).read(), member.mode)
     _finish(process, deb)
     if "control" not in members:
         raise UserError(f"{deb}: no control file")
-    control = deb822.Deb822(members["control"][0].decode())
+    control = deb822.Deb822(members["control"][0].decode(errors="replace"))
+    check_control(deb, control, expect)
     prefix = os.path.join(info_dir, dpkg_name(control))
     for name, (data, mode) in members.items():
         if name in SKIP_CONTROL_MEMBERS:
@@ -126,8 +182,17 @@ def read_control(deb, info_dir):
     return control, conffiles, triggers, flags, members["control"][0].decode()
 
 
-def import_deb(repo_path, deb, sha256, summary_path, tmp_root):
-    """Import ``deb`` (already verified to have ``sha256``) into the repo."""
+def import_deb(repo_path, deb, sha256, summary_path, tmp_root, expect=None):
+    """Import ``deb`` into the repo, after checking it has ``sha256`` and
+    that it is the package ``expect`` = (name, version, architecture) the
+    lockfile pins.  A pool file that does not match is removed (ninja then
+    fetches it again), since the pool may be shared or tampered with."""
+    actual = file_sha256(deb)
+    if actual != sha256:
+        os.unlink(deb)
+        raise UserError(f"pool file {deb} does not match its SHA256 (expected "
+                        f"{sha256}, got {actual}); it was removed",
+                        hint="run ninja again to fetch it")
     repo = ostree.Repo(repo_path)
     os.makedirs(tmp_root, exist_ok=True)
     os.makedirs(os.path.dirname(os.path.abspath(summary_path)), exist_ok=True)
@@ -136,7 +201,7 @@ def import_deb(repo_path, deb, sha256, summary_path, tmp_root):
         info_dir = os.path.join(tmp, "info", "var", "lib", "dpkg", "info")
         os.makedirs(info_dir)
         control, conffiles, triggers, conffile_flags, control_text = \
-            read_control(deb, info_dir)
+            read_control(deb, info_dir, expect)
         conffile_set = set(conffiles)
         conffile_md5 = {}
         listing = ["/."]
@@ -156,6 +221,8 @@ def import_deb(repo_path, deb, sha256, summary_path, tmp_root):
         with tarfile.open(data_tar, "r:") as src, \
                 tarfile.open(conffiles_tar, "w", format=tarfile.PAX_FORMAT) as extra:
             members = src.getmembers()
+            for member in members:
+                check_member_path(deb, member)
             links = merged_usr_links(members)
             moved = tuple(d for d in MERGED_USR_DIRS if d not in links)
             for member in members:

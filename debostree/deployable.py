@@ -37,6 +37,7 @@ import errno
 import os
 import shutil
 
+from . import treepath
 from .errors import UserError
 
 TMPFILES = "/usr/lib/tmpfiles.d/debostree-var.conf"
@@ -95,15 +96,16 @@ def kernel_script(dracut_modules):
 def rearrange(target):
     """The host-side part, run under the stage's fakeroot: see the module's
     docstring.  ``target`` is the tree's root directory."""
-    if os.path.lexists(target + "/usr/etc"):
+    if os.path.lexists(_at(target, "/usr/etc")):
         raise UserError("deployable: the tree already has /usr/etc",
                         hint="a tree is made deployable once, by the last stage")
-    if not os.path.isdir(target + "/etc") or os.path.islink(target + "/etc"):
+    if not os.path.isdir(_at(target, "/etc")) or os.path.islink(_at(target, "/etc")):
         raise UserError("deployable: the tree has no /etc directory")
     for path, link in DATA_LINKS:
-        full = target + path
+        full = _at(target, path)
         if os.path.isdir(full) and not os.path.islink(full):
-            dest = os.path.normpath(os.path.join(os.path.dirname(full), link))
+            dest = _at(target, os.path.normpath(
+                os.path.join(os.path.dirname(path), link)))
             if not link.startswith("run/"):
                 _move(full, dest)
             else:
@@ -112,38 +114,38 @@ def rearrange(target):
             os.unlink(full)
         os.symlink(link, full)
     for path, dest in STATE_DIRS:
-        if os.path.isdir(target + path) and not os.path.islink(target + path):
-            os.makedirs(os.path.dirname(target + dest), exist_ok=True)
-            _move(target + path, target + dest)
+        if os.path.isdir(_at(target, path)) and not os.path.islink(_at(target, path)):
+            os.makedirs(os.path.dirname(_at(target, dest)), exist_ok=True)
+            _move(_at(target, path), _at(target, dest))
             # Relative, so that tools given the tree as --root find it too.
             os.symlink(os.path.relpath(dest, os.path.dirname(path)),
-                       target + path)
+                       _at(target, path))
     _override_tmpfiles_for_links(target)
     lines = _var_to_tmpfiles(target)
-    with open(target + TMPFILES, "w", encoding="utf-8") as f:
+    with open(_at(target, TMPFILES), "w", encoding="utf-8") as f:
         f.write("# What /var needs, made by the image build from the tree's "
                 "/var:\n# directories, links, and files copied from "
                 f"{FACTORY}/var.\n")
         f.write("".join(line + "\n" for line in lines))
-    os.chmod(target + TMPFILES, 0o644)
-    machine_id = target + "/etc/machine-id"
+    os.chmod(_at(target, TMPFILES), 0o644)
+    machine_id = _at(target, "/etc/machine-id")
     if os.path.lexists(machine_id):
         os.unlink(machine_id)
         with open(machine_id, "w") as f:
             f.write("uninitialized\n")
         os.chmod(machine_id, 0o444)
-    _move(target + "/etc", target + "/usr/etc")
-    boot = target + "/boot"
+    _move(_at(target, "/etc"), _at(target, "/usr/etc"))
+    boot = _at(target, "/boot")
     if os.path.isdir(boot):
         for name in os.listdir(boot):
             _remove(os.path.join(boot, name))
     else:
         os.mkdir(boot, 0o755)
-    if not os.path.isdir(target + "/sysroot"):
-        os.mkdir(target + "/sysroot", 0o755)
-    if os.path.lexists(target + "/ostree"):
-        _remove(target + "/ostree")
-    os.symlink("sysroot/ostree", target + "/ostree")
+    if not os.path.isdir(_at(target, "/sysroot")):
+        os.mkdir(_at(target, "/sysroot"), 0o755)
+    if os.path.lexists(_at(target, "/ostree")):
+        _remove(_at(target, "/ostree"))
+    os.symlink("sysroot/ostree", _at(target, "/ostree"))
 
 
 def _override_tmpfiles_for_links(target):
@@ -152,13 +154,13 @@ def _override_tmpfiles_for_links(target):
     warn at every boot; the systemd way to drop lines is a file of the same
     name in /etc/tmpfiles.d, here a copy with those lines commented out."""
     linked = {path for path, _ in DATA_LINKS}
-    directory = target + "/usr/lib/tmpfiles.d"
+    directory = _at(target, "/usr/lib/tmpfiles.d", directory=True)
     try:
         names = sorted(os.listdir(directory))
     except OSError:
         return
     for name in names:
-        override = target + "/etc/tmpfiles.d/" + name
+        override = _at(target, "/etc/tmpfiles.d/" + name)
         if not name.endswith(".conf") or os.path.lexists(override):
             continue
         with open(os.path.join(directory, name), encoding="utf-8",
@@ -185,14 +187,14 @@ def _declared_paths(target):
     declared = set()
     for directory in ("/usr/lib/tmpfiles.d", "/etc/tmpfiles.d"):
         try:
-            names = os.listdir(target + directory)
+            names = os.listdir(_at(target, directory, directory=True))
         except OSError:
             continue
         for name in names:
             if not name.endswith(".conf"):
                 continue
             try:
-                with open(os.path.join(target + directory, name),
+                with open(_at(target, directory + "/" + name),
                           encoding="utf-8", errors="replace") as f:
                     for line in f:
                         fields = line.split()
@@ -207,7 +209,10 @@ def _var_to_tmpfiles(target):
     """Empty the tree's /var; return tmpfiles.d lines that recreate it."""
     declared = _declared_paths(target)
     lines = []
-    var = target + "/var"
+    var = _at(target, "/var")
+    if os.path.islink(var):
+        raise UserError("deployable: /var is a symbolic link; a deployable "
+                        "tree needs /var to be a directory")
     for dirpath, dirnames, filenames in os.walk(var, topdown=True):
         dirnames.sort()
         rel_dir = dirpath[len(target):]
@@ -226,13 +231,25 @@ def _var_to_tmpfiles(target):
             elif os.path.isfile(full):
                 if path.startswith(DROPPED_FILES_UNDER) or path in declared:
                     continue
-                kept = target + FACTORY + path
+                kept = _at(target, FACTORY + path)
                 os.makedirs(os.path.dirname(kept), exist_ok=True)
                 os.rename(full, kept)
                 lines.append(f"C {_quote(path)} - - - - {_quote(FACTORY + path)}")
     for name in os.listdir(var):
         _remove(os.path.join(var, name))
     return lines
+
+
+def _at(target, path, directory=False):
+    """``target + path`` once no directory on its way (nor ``path`` itself,
+    for a ``directory`` to read) is a symbolic link: a stage may have left
+    one pointing anywhere, and these steps run on the host side."""
+    link = treepath.link_on_the_way(target, path, including_last=directory)
+    if link:
+        raise UserError(f"deployable: {path} lies under {link}, a symbolic "
+                        f"link; a deployable tree needs {link} to be a "
+                        "directory")
+    return target + path
 
 
 def _quote(path):
@@ -247,6 +264,12 @@ def _move(src, dest):
     it merges (EXDEV), so those are rebuilt at ``dest`` with the same owner,
     mode and xattrs while their entries are renamed one by one (files keep
     their inodes, so fakeroot keeps their owners)."""
+    if os.path.islink(src):
+        # Never entered: a link is moved as the link it is.
+        if os.path.lexists(dest):
+            _remove(dest)
+        os.rename(src, dest)
+        return
     merge = os.path.isdir(dest) and not os.path.islink(dest)
     if not merge:
         try:

@@ -11,9 +11,8 @@ import glob
 import json
 import os
 
-from . import fetch, files, lockfile, ostree, publish
+from . import fetch, files, lockfile, ostree, publish, sandboxlib
 from .recipe import STAGE_KINDS
-from .update import SANDBOX_STAGE
 from .ninja import Build, Graph, Raw, Rule, shell_args
 
 # Used inside the sandbox when SOURCE_DATE_EPOCH is not set at configure time
@@ -121,6 +120,10 @@ class GraphBuilder:
         g.rules.append(Rule(
             "check_arch", run("tools", "check-arch") + " $arch $out",
             "CHECK $arch programs run here"))
+        g.rules.append(Rule(
+            "sandbox_library", run("tools", "fetch-sandbox-library")
+            + " --config $config $arch $version $out",
+            "FETCH fakeroot library for $arch chroots"))
         g.rules.append(Rule(
             "missing_lockfile",
             "echo $message >&2; exit 1", "LOCKFILE $name"))
@@ -235,7 +238,8 @@ class GraphBuilder:
         self.write_options(list_path, [
             {"deb": os.path.abspath(os.path.join(self.base, self.fetch_edge(e))),
              "sha256": e.sha256, "summary": os.path.abspath(os.path.join(self.base, out)),
-             "name": f"{e.name} {e.version}"} for out, e in items])
+             "name": f"{e.name} {e.version}",
+             "expect": [e.name, e.version, e.arch]} for out, e in items])
         self.graph.builds.append(Build(
             [out for out, _ in items], "import_debs",
             [self.fetch_edge(e) for _, e in items],
@@ -273,14 +277,12 @@ class GraphBuilder:
         order_only = []
         if arch != self.config.host_arch:
             order_only.append(self.arch_check(arch))
-            # The chroot's processes are the target's: they need the
-            # target's fakeroot library, locked with the recipe.
-            tools = [e for e in entries if e.stage == SANDBOX_STAGE
-                     and e.name == "libfakeroot"]
-            if tools:
-                options["fakeroot_deb"] = fetch.pool_path(self.config.pool,
-                                                          tools[0].sha256)
-                implicit.append(self.fetch_edge(tools[0]))
+            # The chroot's processes are the target's: they preload the
+            # target's fakeroot library, matched to the host's daemon.
+            library = self.sandbox_library_edge(arch)
+            if library:
+                options["fakeroot_deb"] = os.path.abspath(library)
+                implicit.append(library)
         parent_arg = ""
         if stage.parent:
             parent_recipe, parent_stage = stage.parent.split("/")
@@ -326,6 +328,7 @@ class GraphBuilder:
             for item in stage.options["items"]:
                 src = os.path.join(os.path.dirname(recipe.path), item.src)
                 items.append({"src_abs": src, "dest": item.dest,
+                              "src_root": os.path.dirname(os.path.abspath(recipe.path)),
                               "owner": item.owner, "group": item.group,
                               "mode": item.mode})
                 implicit += _source_files(src)
@@ -397,6 +400,22 @@ class GraphBuilder:
         if len(recipe.architectures) > 1:
             self.graph.builds.append(Build([f"{recipe.name}/{arch}.img"], "phony",
                                            [out]))
+        return out
+
+    def sandbox_library_edge(self, arch):
+        """The edge that fetches ``arch``'s fakeroot library matched to the
+        host's daemon (sandboxlib.py); None without a host fakeroot (the
+        stage then names the missing tool)."""
+        if not hasattr(self, "_host_fakeroot"):
+            self._host_fakeroot = sandboxlib.host_version()
+        if not self._host_fakeroot:
+            return None
+        out = self.p(sandboxlib.library_path(self.config.builddir, arch,
+                                             self._host_fakeroot))
+        if out not in self.checked:
+            self.checked.add(out)
+            self.graph.builds.append(Build([out], "sandbox_library", variables={
+                "arch": arch, "version": self._host_fakeroot}))
         return out
 
     def arch_check(self, arch):

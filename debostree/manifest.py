@@ -78,21 +78,12 @@ def copy_up(root, paths):
     inode of its own that no longer changes.  Setting a file's times to
     their own value makes the overlay copy it up.  Returns the count.
     """
-    root = root.rstrip("/")
+    from .treepath import Tree
     count = 0
-    for path in sorted(set(paths)):
-        if path == "/":
-            continue
-        real = root + path
-        try:
-            st = os.lstat(real)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        if stat.S_ISLNK(st.st_mode) or stat.S_ISDIR(st.st_mode):
-            continue  # directories and symlinks have inodes of their own
-        os.utime(real, ns=(st.st_atime_ns, st.st_mtime_ns),
-                 follow_symlinks=False)
-        count += 1
+    with Tree(root) as tree:
+        for path in sorted(set(paths)):
+            if path != "/" and tree.touch_same_times(path):
+                count += 1
     return count
 
 

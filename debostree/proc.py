@@ -5,13 +5,23 @@ is captured); a failure raises ``CommandFailed`` naming the command line, its
 exit status and the tail of its output, plus the log path when there is one.
 """
 
+import ctypes
 import os
 import shlex
+import signal
 import subprocess
 
 from .errors import CommandFailed
 
 TAIL_LINES = 25
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent():
+    """Have the kernel kill this process when its parent ends: a build's
+    commands must not outlive a killed ninja (each runs in a process group
+    of its own, which a kill of ninja does not reach)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _tail(text, lines=TAIL_LINES):
@@ -19,11 +29,12 @@ def _tail(text, lines=TAIL_LINES):
 
 
 def run(argv, *, log=None, capture=False, cwd=None, env=None, input=None,
-        check=True):
+        check=True, tied=False):
     """Run ``argv``.
 
     ``log``: path of a file that receives stdout and stderr (appended).
     ``capture``: return stdout as text instead (stderr kept for errors).
+    ``tied``: the command is killed when this process ends.
     Returns the ``subprocess.CompletedProcess``.
     """
     argv = [os.fspath(a) for a in argv]
@@ -33,6 +44,7 @@ def run(argv, *, log=None, capture=False, cwd=None, env=None, input=None,
             logf.flush()
             result = subprocess.run(argv, cwd=cwd, env=env, stdout=logf,
                                     stderr=subprocess.STDOUT,
+                                    preexec_fn=die_with_parent if tied else None,
                                     input=input.encode() if isinstance(input, str) else input)
         if check and result.returncode != 0:
             with open(log, "rb") as logf:

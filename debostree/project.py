@@ -53,7 +53,72 @@ def load_config(path):
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-        return BuildConfig(**data)
+        config = BuildConfig(**data)
     except (OSError, ValueError, TypeError) as error:
         raise UserError(f"cannot read the build configuration: {error}",
                         path=path, hint="run ./configure again")
+    claim_builddir(config.builddir)
+    return config
+
+
+OWNER_FILE = ".ninja-owner"
+
+
+def _process(pid):
+    """``(command name, start time)`` of a running process, or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return None
+    name = text[text.index("(") + 1:text.rindex(")")]
+    fields = text[text.rindex(")") + 2:].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return name, fields[19]
+
+
+def _ninja_ancestor(levels=3):
+    """The pid of the ninja that runs this command (through ``sh -c``), or
+    None."""
+    pid = os.getppid()
+    for _ in range(levels):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                text = f.read()
+        except OSError:
+            return None
+        if text[text.index("(") + 1:text.rindex(")")] == "ninja":
+            return pid
+        pid = int(text[text.rindex(")") + 2:].split()[1])
+        if pid <= 1:
+            return None
+    return None
+
+
+def claim_builddir(builddir, parent=None):
+    """Stop a command that a second ninja runs in a build directory a first
+    ninja is still building in: the two would do the same work at once and
+    race on its outputs.  The build directory records the ninja whose
+    commands run in it (pid and start time, under a lock); a command whose
+    parent is not a ninja (run by hand) is not checked."""
+    import fcntl
+    parent = parent or _ninja_ancestor()
+    me = parent and _process(parent)
+    if not me or me[0] != "ninja":
+        return
+    os.makedirs(builddir, exist_ok=True)
+    with open(os.path.join(builddir, OWNER_FILE), "a+", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        words = f.read().split()
+        if len(words) == 2 and words[0].isdigit() and int(words[0]) != parent \
+                and _process(int(words[0])) == ("ninja", words[1]):
+            raise UserError(
+                f"another ninja (pid {words[0]}) is building in {builddir}; "
+                "this one stopped so that the two do not race",
+                hint="wait for it to finish, then run ninja again")
+        if words != [str(parent), me[1]]:
+            f.seek(0)
+            f.truncate()
+            f.write(f"{parent} {me[1]}\n")

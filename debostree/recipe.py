@@ -45,6 +45,9 @@ class Archive:
     suites: tuple
     components: tuple
     keyring: str = None  # absolute path, or None for the default keyring
+    # False only for a frozen mirror (a snapshot) whose Release files carry
+    # a Valid-Until that has passed: like apt's Check-Valid-Until: no.
+    check_valid_until: bool = True
 
 
 ARCH_PLACEHOLDER = "{arch}"
@@ -267,6 +270,18 @@ def _stage_run(src, keypath, value, recipe):
     return {"script": script}
 
 
+def source_escape(base, full):
+    """Where ``full`` (a copy stage's source) leads when a symbolic link on
+    its way leaves the directory ``base``, else None.  A source that is
+    itself a link is copied as the link, so only its directory counts."""
+    base = os.path.realpath(base)
+    real = os.path.realpath(full if not os.path.islink(full)
+                            else os.path.dirname(full))
+    if real == base or real.startswith(base.rstrip("/") + "/"):
+        return None
+    return real
+
+
 def _stage_copy(src, keypath, value, recipe):
     if isinstance(value, dict):
         value = [value]
@@ -289,6 +304,12 @@ def _stage_copy(src, keypath, value, recipe):
         if not os.path.lexists(full):
             raise src.error(itempath + ("src",), f"no such file or directory: "
                             f"{full}")
+        escape = source_escape(recipe["dir"], full)
+        if escape:
+            raise src.error(itempath + ("src",), f"'{source}' leads out of the "
+                            f"recipe's directory (to {escape}) through a "
+                            "symbolic link", hint="copy the files into the "
+                            "recipe's directory")
         dest = _string(src, itempath + ("dest",), item["dest"], what="a path")
         if not dest.startswith("/") or ".." in dest.split("/") or "\n" in dest:
             raise src.error(itempath + ("dest",), f"'{dest}' must be an "
@@ -396,7 +417,7 @@ RECIPE_KEYS = {"ref", "architecture", "architectures", "archives", "stages",
 IMAGE_KEYS = {"size", "kernel-arguments", "boot-size", "esp-size"}
 IMAGE_DEFAULTS = {"boot-size": "512M", "esp-size": "64M"}
 KARG_RE = re.compile(r"^[^\s\"']+$")
-ARCHIVE_KEYS = {"name", "suites", "components", "keyring"}
+ARCHIVE_KEYS = {"name", "suites", "components", "keyring", "check-valid-until"}
 STAGE_KEYS = {"name", "from", "environment"} | set(STAGE_KINDS)
 
 
@@ -475,7 +496,12 @@ def load_recipe(path):
                 if not os.path.isfile(keyring):
                     raise src.error(keypath + ("keyring",), f"no such keyring "
                                     f"file: {keyring}")
-            archives.append(Archive(aname, suites, components, keyring))
+            check_valid_until = entry.get("check-valid-until", True)
+            if not isinstance(check_valid_until, bool):
+                raise src.error(keypath + ("check-valid-until",), "expected "
+                                f"true or false, got {_describe(check_valid_until)}")
+            archives.append(Archive(aname, suites, components, keyring,
+                                    check_valid_until))
     elif parent is None:
         raise src.error(root, "missing required key 'archives'",
                         hint="name at least one archive with its suites")

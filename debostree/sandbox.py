@@ -5,15 +5,17 @@ OSTree or recipes, so they are tested without running anything.
 
 The layers of a stage, outside in:
 
-1. ``unshare --user --map-root-user --mount``: an unprivileged user and mount
-   namespace, in which the build user is root and may mount an overlay;
+1. ``unshare --user --map-root-user --mount --ipc --pid``: unprivileged user,
+   mount, IPC and PID namespaces, in which the build user is root and may
+   mount an overlay, and which die with the stage;
 2. an overlay whose lower layer is the hardlinked checkout, so that a
    command writing into a file in place (``>>``, ``truncate``) writes a copy
    in the upper layer and can never touch the repository's objects;
 3. ``faked`` holding the tree's real owners, modes and xattrs, and the
    ``libfakeroot`` preload library in every process of the stage;
 4. ``bwrap`` with the overlay as ``/``: no network, fresh ``/tmp`` and
-   ``/run``, ``/proc``, a minimal ``/dev``, its own PID and UTS namespaces.
+   ``/run``, ``/proc``, a minimal ``/dev``, its own PID and UTS namespaces,
+   no capabilities.
 """
 
 import os
@@ -36,9 +38,17 @@ CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def unshare_argv(inner_argv):
-    """Run ``inner_argv`` as root of a new user and mount namespace."""
+    """Run ``inner_argv`` as root of new user, mount, IPC and PID namespaces.
+
+    The IPC namespace keeps the stage's fakeroot daemon (SysV message
+    queues and semaphores) away from every other build's, and the stage's
+    processes from the build user's other queues.  In the PID namespace the
+    inner process is init: when it ends, or ``unshare`` is killed
+    (``--kill-child``), the kernel kills everything left in it, the daemon
+    included, so a killed build leaves no ``faked`` behind."""
     return ["unshare", "--user", "--map-root-user", "--mount",
-            "--propagation", "private", "--"] + list(inner_argv)
+            "--propagation", "private", "--ipc", "--pid", "--fork",
+            "--kill-child", "--mount-proc", "--"] + list(inner_argv)
 
 
 def overlay_mount_argv(lower, upper, work, target):
@@ -96,8 +106,12 @@ def bwrap_argv(target, command, env, binds=(), ro_binds=(), hostname="debostree"
             "--dev", "/dev", "--proc", "/proc",
             "--tmpfs", "/tmp", "--tmpfs", "/run",
             # No --unshare-ipc: the fakeroot daemon is reached through SysV
-            # message queues of the namespace it was started in.
+            # message queues of the namespace it was started in, which is
+            # the stage's own (unshare_argv).
             "--unshare-net", "--unshare-pid", "--unshare-uts",
+            # Root of the sandbox owns its files, nothing more: no mounts,
+            # no raw sockets, no capabilities at all.
+            "--cap-drop", "ALL",
             "--hostname", hostname, "--die-with-parent",
             "--chdir", "/", "--clearenv"]
     for host, inside in ro_binds:
@@ -165,19 +179,19 @@ def binfmt_problem(arch, host_arch, binfmt_dir="/proc/sys/fs/binfmt_misc"):
 
 
 def fakeroot_mismatch(arch, daemon_version, library_version):
-    """None when the host's fakeroot daemon and the target's preload library
+    """None when the host's fakeroot daemon and the chroot's preload library
     speak one protocol, else why not.  Their messages changed between
     upstream releases (a 1.37 library waits forever on a 1.31 daemon), so
-    the upstream versions must be equal."""
+    the upstream versions must be equal (sandboxlib.py fetches the library
+    that matches)."""
     def upstream(version):
         return version.split(":", 1)[-1].rsplit("-", 1)[0]
     if upstream(daemon_version) == upstream(library_version):
         return None
-    return (f"the {arch} fakeroot library the recipe's archives give "
-            f"({library_version}) does not speak the protocol of this host's "
-            f"fakeroot daemon ({daemon_version}); build {arch} images of this "
-            "suite on a host whose fakeroot has the same upstream version "
-            "(the same Debian release), or build for the host's architecture")
+    return (f"the {arch} chroots' fakeroot library ({library_version}) does "
+            "not speak the protocol of this host's fakeroot daemon "
+            f"({daemon_version}); the host's fakeroot changed since "
+            "./configure: run ./configure again")
 
 
 def quote(argv):

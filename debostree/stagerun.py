@@ -22,10 +22,11 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 from . import (debimport, deployable, dpkgorder, files, ids, manifest, native,
-               ostree, proc, sandbox)
+               ostree, proc, sandbox, sandboxlib, treepath)
 from .errors import UserError
 from .project import load_config
 
@@ -97,15 +98,14 @@ class Stage:
                             hint="run tools/setup-host")
         if self.opts["arch"] != self.config.host_arch and \
                 not self.opts.get("fakeroot_deb"):
-            raise UserError(f"no fakeroot library for {self.opts['arch']} is "
-                            "locked", hint="the recipe's archives need the "
-                            "libfakeroot package; run 'ninja update-lockfiles'")
+            raise UserError(f"no fakeroot library for {self.opts['arch']} "
+                            "chroots was configured",
+                            hint="apt-get install fakeroot, then run ./configure")
         problem = sandbox.binfmt_problem(self.opts["arch"], self.config.host_arch)
         if problem:
             raise UserError(f"cannot run {self.opts['arch']} programs: {problem}")
         if self.opts.get("fakeroot_deb"):
-            daemon = proc.run(["dpkg-query", "-W", "-f=${Version}", "fakeroot"],
-                              capture=True).stdout.strip()
+            daemon = sandboxlib.host_version() or "none"
             library = proc.run(["dpkg-deb", "-f", self.opts["fakeroot_deb"],
                                 "Version"], capture=True).stdout.strip()
             problem = sandbox.fakeroot_mismatch(self.opts["arch"], daemon, library)
@@ -154,7 +154,8 @@ class Stage:
                      self.config.config_path, self.options_path_abs(),
                      self.work]
             env = {**os.environ, "PYTHONPATH": self.config.top}
-            proc.run(sandbox.unshare_argv(inner), log=self.log, env=env)
+            proc.run(sandbox.unshare_argv(inner), log=self.log, env=env,
+                     tied=True)
             with open(os.path.join(self.work, "result.json")) as f:
                 result = json.load(f)
             commit = result["commit"]
@@ -445,6 +446,8 @@ def _attempt(config, opts, work, lower, target, base_manifest, copy_first):
     if not key or not pid.isdigit():
         raise UserError("the fakeroot daemon did not start")
     host_lib = sandbox.FAKEROOT_LIB_DIRS[config.host_arch]
+    watch = _DaemonWatch(int(pid))
+    watch.start()
     try:
         run_in_fakeroot(config, opts, work, target, key, host_lib)
         with timed("scan"):
@@ -462,13 +465,69 @@ def _attempt(config, opts, work, lower, target, base_manifest, copy_first):
             with open(candidates + ".out") as f:
                 xattrs = {p: [(n, bytes.fromhex(v)) for n, v in pairs]
                           for p, pairs in json.load(f).items()}
+    except Exception:
+        if watch.lost:
+            raise watch.error()
+        raise
     finally:
+        watch.stop()
         with timed("faked stop"):
             _stop_faked(int(pid))
+    if watch.lost:
+        raise watch.error()
     saved_state = manifest.read_fakeroot_state(saved)
     for key in stale:
         saved_state.pop(key, None)
     return stats, xattrs, (manifest.parse_fakeroot_state(state), saved_state)
+
+
+def _alive(pid):
+    """Whether ``pid`` runs (a zombie has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+class _DaemonWatch(threading.Thread):
+    """Stops the stage when its fakeroot daemon dies under it.
+
+    Without the daemon, every process of the stage would wait forever for
+    an answer (SysV message queues have no timeout).  The inner process is
+    init of the stage's PID namespace (sandbox.unshare_argv), so it can end
+    them all: the command it waits for then fails, and ``error`` says why.
+    """
+
+    def __init__(self, pid, interval=0.5):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.interval = interval
+        self.lost = False
+        self._done = threading.Event()
+
+    def run(self):
+        while not self._done.wait(self.interval):
+            if not _alive(self.pid):
+                self.lost = True
+                if os.getpid() == 1:  # only ever in the stage's namespace
+                    for name in os.listdir("/proc"):
+                        if name.isdigit() and int(name) != 1:
+                            try:
+                                os.kill(int(name), signal.SIGKILL)
+                            except ProcessLookupError:
+                                pass
+                return
+
+    def stop(self):
+        self._done.set()
+        self.join()
+
+    def error(self):
+        return UserError("the stage's fakeroot daemon ended while the stage "
+                         "ran (killed from outside?), so the owners and modes "
+                         "it held are lost; the stage was stopped",
+                         hint="run ninja again")
 
 
 def _stop_faked(pid):
@@ -495,42 +554,40 @@ def _stop_faked(pid):
 def cleanup(work, target):
     """Drop the stage's helper files and the volatile paths.
 
-    Returns the ``(dev, ino)`` of the files removed: they are removed behind
-    the fakeroot daemon's back, so what it holds for those inodes is stale
-    (and would otherwise go to a new file that reuses one)."""
+    Every path is resolved inside the tree (treepath.py): a stage may have
+    made ``/var/log`` or ``/etc`` a link to anywhere.  Returns the ``(dev,
+    ino)`` of the files removed: they are removed behind the fakeroot
+    daemon's back, so what it holds for those inodes is stale (and would
+    otherwise go to a new file that reuses one)."""
     removed = set()
+    with treepath.Tree(target) as tree:
+        def unlink(path):
+            st = tree.lstat(path)
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                tree.unlink(path)
+                removed.add((st.st_dev, st.st_ino))
 
-    def unlink(path):
-        st = os.lstat(path)
-        removed.add((st.st_dev, st.st_ino))
-        os.unlink(path)
-
-    if os.path.exists(os.path.join(work, "policy-rc.d-created")):
-        unlink(target + POLICY_RC_D)
-    for path in VOLATILE:
-        if os.path.lexists(target + path) and not os.path.isdir(target + path):
-            unlink(target + path)
-    # apt in the image runs debconf's preconfiguration (70debconf), which
-    # leaves its work directory behind, empty.
-    leftover = target + "/var/cache/debconf/tmp.ci"
-    if os.path.isdir(leftover) and not os.path.islink(leftover) and \
-            not os.listdir(leftover):
-        st = os.lstat(leftover)
-        removed.add((st.st_dev, st.st_ino))
-        os.rmdir(leftover)
-    # As mmdebstrap leaves it (machine-id(5)): an image made once for many
-    # machines has an empty /etc/machine-id, filled at boot ("uninitialized"
-    # from a deployable stage also asks for first-boot setup).
-    machine_id = target + "/etc/machine-id"
-    if os.path.isfile(machine_id) and not os.path.islink(machine_id):
-        with open(machine_id, "rb") as f:
-            content = f.read()
-        if content not in (b"", b"uninitialized\n"):
+        if os.path.exists(os.path.join(work, "policy-rc.d-created")):
+            unlink(POLICY_RC_D)
+        for path in VOLATILE:
+            unlink(path)
+        # apt in the image runs debconf's preconfiguration (70debconf),
+        # which leaves its work directory behind, empty.
+        leftover = "/var/cache/debconf/tmp.ci"
+        if tree.is_dir(leftover) and not tree.listdir(leftover):
+            st = tree.lstat(leftover)
+            removed.add((st.st_dev, st.st_ino))
+            tree.rmdir(leftover)
+        # As mmdebstrap leaves it (machine-id(5)): an image made once for
+        # many machines has an empty /etc/machine-id, filled at boot
+        # ("uninitialized" from a deployable stage also asks for first-boot
+        # setup).
+        machine_id = "/etc/machine-id"
+        if tree.is_file(machine_id) and \
+                tree.read(machine_id) not in (b"", b"uninitialized\n"):
             unlink(machine_id)
-            with open(machine_id, "w"):
-                pass
-            os.chmod(machine_id, 0o644)
-            st = os.lstat(machine_id)
+            tree.write(machine_id, b"", 0o644)
+            st = tree.lstat(machine_id)
             removed.add((st.st_dev, st.st_ino))  # a new file: root's
     return removed
 
@@ -576,11 +633,9 @@ def run_in_fakeroot(config, opts, work, target, key, host_lib):
             with timed("command"):
                 proc.run(argv)
         finally:
-            for path in created:
-                if os.path.islink(target + path):
-                    os.unlink(target + path)
-                else:
-                    _rmtree(target + path)
+            with treepath.Tree(target) as tree:
+                for path in created:
+                    tree.rmtree(path)
     if opts["kind"] == "deployable":
         with timed("rearrange"):
             proc.run(helper + ["deployable", target], env=env)
@@ -718,67 +773,118 @@ def prepare(options_path, work, target):
     with open(options_path, encoding="utf-8") as f:
         opts = json.load(f)
     base_manifest = manifest.read(os.path.join(work, "base.manifest"))
-    for path, entry in base_manifest.items():
-        for name, value in entry.xattrs:
-            try:
-                os.setxattr(target + path, name, value, follow_symlinks=False)
-            except OSError as error:
-                raise UserError(f"cannot restore xattr {name} on {path}: {error}")
-    if opts["kind"] == "copy":
-        copy_items(opts, target)
-    _write_run_files(opts, work, target)
-    policy = target + POLICY_RC_D
-    if opts["kind"] != "copy" and not os.path.lexists(policy) and \
-            os.path.isdir(os.path.dirname(policy)):
-        # Keep services from starting while packages are configured.
-        with open(policy, "w") as f:
-            f.write("#!/bin/sh\nexit 101\n")
-        os.chmod(policy, 0o755)
-        open(os.path.join(work, "policy-rc.d-created"), "w").close()
+    with treepath.Tree(target) as tree:
+        for path, entry in base_manifest.items():
+            for name, value in entry.xattrs:
+                try:
+                    tree.setxattr(path, name, value)
+                except (OSError, ValueError) as error:
+                    raise UserError(f"cannot restore xattr {name} on {path}: "
+                                    f"{error}")
+        if opts["kind"] == "copy":
+            copy_items(opts, tree)
+        _write_run_files(opts, work, target)
+        if opts["kind"] != "copy" and not tree.exists(POLICY_RC_D) and \
+                tree.is_dir(os.path.dirname(POLICY_RC_D)):
+            # Keep services from starting while packages are configured.
+            tree.write(POLICY_RC_D, b"#!/bin/sh\nexit 101\n", 0o755)
+            open(os.path.join(work, "policy-rc.d-created"), "w").close()
 
 
-def _id_of(target, name, database, keypath):
+def _id_of(tree, name, database, keypath):
     if name.isdigit():
         return int(name)
     try:
-        with open(target + database, encoding="utf-8") as f:
-            for line in f:
-                fields = line.split(":")
-                if fields[0] == name:
-                    return int(fields[2])
+        text = tree.read(database).decode("utf-8", "replace")
     except OSError:
-        pass
+        text = ""
+    for line in text.splitlines():
+        fields = line.split(":")
+        if fields[0] == name and len(fields) > 2 and fields[2].isdigit():
+            return int(fields[2])
     raise UserError(f"{keypath}: no {'user' if 'passwd' in database else 'group'} "
                     f"'{name}' in the image's {database}",
                     hint="create it in an earlier stage, or use a number")
 
 
-def copy_items(opts, target):
+def copy_items(opts, tree):
+    """The copy stage's work, every destination resolved inside the tree
+    and every source kept inside the recipe's directory."""
+    from .recipe import source_escape
     for item in opts["items"]:
-        uid = _id_of(target, item["owner"], "/etc/passwd", item["dest"])
-        gid = _id_of(target, item["group"], "/etc/group", item["dest"])
-        dest = target + item["dest"]
+        uid = _id_of(tree, item["owner"], "/etc/passwd", item["dest"])
+        gid = _id_of(tree, item["group"], "/etc/group", item["dest"])
         src = item["src_abs"]
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        if os.path.isdir(src) and not os.path.islink(src):
-            shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
-            paths = [dest]
-            for dirpath, dirnames, filenames in os.walk(dest):
-                paths += [os.path.join(dirpath, n) for n in dirnames + filenames]
-        else:
-            if os.path.lexists(dest) and not os.path.isdir(dest):
-                os.unlink(dest)  # never write into a (hardlinked) file in place
-            if os.path.isdir(dest):
-                dest = os.path.join(dest, os.path.basename(src))
-            shutil.copy(src, dest, follow_symlinks=False)
-            paths = [dest]
+        escape = source_escape(item.get("src_root") or os.path.dirname(src), src)
+        if escape:
+            raise UserError(f"copy: {src} leads out of the recipe's directory "
+                            f"(to {escape}) through a symbolic link")
+        dest = item["dest"]
+        try:
+            tree.makedirs(os.path.dirname(dest))
+            if os.path.isdir(src) and not os.path.islink(src):
+                paths = _copy_dir(src, tree, dest)
+            else:
+                resolved = tree.dir(dest)
+                if resolved is not None:
+                    os.close(resolved)
+                    dest = dest.rstrip("/") + "/" + os.path.basename(src)
+                _copy_entry(src, tree, dest)
+                paths = [dest]
+        except OSError as error:
+            # Links are followed as in the image (/var/lock -> /run/lock),
+            # never out of it: a link to what the tree lacks stops here.
+            raise UserError(f"copy: cannot write {item['dest']} in the image: "
+                            f"{error.strerror} ({error.filename})",
+                            hint="a directory on the way may be a link to a "
+                            "path the image does not have")
         for path in paths:
-            os.chown(path, uid, gid, follow_symlinks=False)
-            if item.get("mode") and not os.path.islink(path):
-                mode = int(item["mode"], 8)
-                if os.path.isdir(path) and path != dest:
+            tree.chown(path, uid, gid)
+            st = tree.lstat(path)
+            if item.get("mode") and not stat.S_ISLNK(st.st_mode):
+                if stat.S_ISDIR(st.st_mode) and path != dest:
                     continue
-                os.chmod(path, mode)
+                tree.chmod(path, int(item["mode"], 8))
+
+
+def _copy_entry(src, tree, dest):
+    """One file or link from the host to ``dest`` in the tree (a new inode:
+    never a write into a hardlinked file in place)."""
+    if os.path.islink(src):
+        if tree.lstat(dest) is not None and not tree.is_dir(dest):
+            tree.unlink(dest)
+        tree.symlink(os.readlink(src), dest)
+        return
+    with open(src, "rb") as f:
+        tree.write(dest, f, os.stat(src).st_mode & 0o7777)
+
+
+def _copy_dir(src, tree, dest):
+    """A directory from the host into the tree, links copied as links;
+    returns the tree paths made or replaced."""
+    paths = [dest]
+    if not tree.is_dir(dest):
+        tree.makedirs(dest)
+        tree.chmod(dest, os.stat(src).st_mode & 0o7777)
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        inside = dest if rel == "." else dest.rstrip("/") + "/" + rel
+        for name in sorted(dirnames):
+            full = os.path.join(dirpath, name)
+            path = inside.rstrip("/") + "/" + name
+            if os.path.islink(full):
+                _copy_entry(full, tree, path)  # os.walk does not enter it
+            elif not tree.is_dir(path):
+                if tree.exists(path):
+                    tree.unlink(path)
+                tree.makedirs(path)
+                tree.chmod(path, os.stat(full).st_mode & 0o7777)
+            paths.append(path)
+        for name in sorted(filenames):
+            path = inside.rstrip("/") + "/" + name
+            _copy_entry(os.path.join(dirpath, name), tree, path)
+            paths.append(path)
+    return paths
 
 
 def xattrs(target, candidates_path):
@@ -803,6 +909,9 @@ def cli(kind):
         parser.add_argument("--parent")
         parser.add_argument("--out", required=True)
         args = parser.parse_args(argv)
+        # A stage ends with the ninja that runs it (and, through the
+        # namespaces, everything it started).
+        proc.die_with_parent()
         stage = Stage(args.config, args.options, args.parent, args.out)
         if stage.opts["kind"] != kind:
             raise UserError(f"options are for a '{stage.opts['kind']}' stage")

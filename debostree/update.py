@@ -87,37 +87,11 @@ def resolve_all(recipes, mirrors, cache_dir, out=sys.stderr):
                 roots[key], stage.for_arch(arch), state, context)
             states[(recipe.name, stage.name, arch)] = new_state
             locked[key].extend(installed)
-    host = host_architecture()
-    for (name, arch), root in roots.items():
-        if arch != host:
-            locked[(name, arch)].extend(resolve_sandbox_tools(root, name, arch))
     return {key: lockfile.render(packages) for key, packages in locked.items()}
-
-
-SANDBOX_STAGE = ".sandbox"
 
 
 def host_architecture():
     return proc.run(["dpkg", "--print-architecture"], capture=True).stdout.strip()
-
-
-def resolve_sandbox_tools(root, recipe_name, arch):
-    """Packages the build itself needs inside a foreign-architecture chroot:
-    the target's fakeroot preload library.  Locked like the rest (under the
-    reserved stage name ``.sandbox``), never installed in the image."""
-    from .recipe import PackageRequest, Stage
-    stage = Stage(SANDBOX_STAGE, "bootstrap",
-                  {"variant": "custom",
-                   "packages": (PackageRequest("libfakeroot", arch),)})
-    try:
-        _, installed = resolve.resolve_stage(
-            root, stage, resolve.StageState(),
-            f"{recipe_name} ({arch}): the fakeroot library for {arch}")
-    except UserError as error:
-        # Only building needs it; the stages will say so if they run.
-        print(f"warning: {error.format()}", file=sys.stderr)
-        return []
-    return [p for p in installed if p.name == "libfakeroot"]
 
 
 def update_lockfiles(recipes, lockfile_dir, mirrors, cache_dir, check=False,
@@ -168,7 +142,7 @@ def check_consistency(recipe, arch, entries, path, inherited=()):
     Every stage of the recipe that installs packages must have its requested
     packages locked in it (or before it), and every locked stage must exist.
     """
-    stage_names = [s.name for s in recipe.stages] + [SANDBOX_STAGE]
+    stage_names = [s.name for s in recipe.stages]
     for entry in entries:
         if entry.stage not in stage_names:
             raise UserError(f"package {entry.name} is locked for stage "

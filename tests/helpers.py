@@ -71,8 +71,7 @@ def apt_simulate(root_dir, args, status_text="", options=MMDEBSTRAP_APT):
 
 def locked_set(text):
     from debostree import lockfile
-    return {(e.name, e.arch): e.version for e in lockfile.parse(text)
-            if e.stage != ".sandbox"}  # the build's own helpers
+    return {(e.name, e.arch): e.version for e in lockfile.parse(text)}
 
 
 def status_of(text):
@@ -118,3 +117,72 @@ def mmdebstrap_like(root_dir, arch, pattern, extra=(), extra_merged_usr=False):
                          f"?and({pattern},?not(?essential)))"] + list(extra),
                         "\n".join(stanzas + ([dummy] if extra_merged_usr else [])))
     return {**installed, **rest}
+
+
+def dpkg_health(repo, ref, workdir):
+    """What ``dpkg --audit`` and ``dpkg --verify`` say about the tree of
+    ``ref``, run inside it (emulated for foreign architectures): ``(audit
+    output, verify lines)``.  A deployable tree is seen as a booted system
+    sees it: ``/usr/etc`` at ``/etc``, dpkg's database under
+    ``/usr/lib/sysimage``, and what it lacks only until boot not reported:
+    ``/var`` paths its tmpfiles.d makes, and ``/boot`` files of a kernel
+    kept in ``/usr/lib/modules/VERSION/`` (ostree's layout)."""
+    tree = os.path.join(workdir, ref.replace("/", "_"))
+    subprocess.run(["ostree", f"--repo={repo}", "checkout", "--user-mode",
+                    "-H", ref, tree], check=True, capture_output=True)
+    try:
+        return dpkg_health_of_tree(tree)
+    finally:
+        subprocess.run(["rm", "-rf", tree], check=True)
+
+
+def dpkg_health_of_tree(tree):
+    """``dpkg_health`` of a checked-out tree."""
+    argv = ["bwrap", "--unshare-all", "--die-with-parent"]
+    if os.geteuid() != 0:
+        argv += ["--unshare-user", "--uid", "0", "--gid", "0"]
+    binds = ["--ro-bind", tree, "/"]
+    admindir = []
+    if os.path.isdir(os.path.join(tree, "usr/etc")) and \
+            not os.path.isdir(os.path.join(tree, "etc")):
+        os.mkdir(os.path.join(tree, "etc"))
+        binds += ["--ro-bind", os.path.join(tree, "usr/etc"), "/etc"]
+        admindir = ["--admindir=/usr/lib/sysimage/dpkg"]
+    argv += binds + ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+                     "--clearenv", "--setenv", "PATH", "/usr/sbin:/usr/bin",
+                     "--setenv", "LC_ALL", "C"]
+    outputs = []
+    for action in ("--audit", "--verify"):
+        result = subprocess.run(argv + ["dpkg"] + admindir + [action],
+                                capture_output=True, text=True)
+        assert result.returncode in (0, 1), (ref, action, result.stderr)
+        outputs.append(result.stdout + result.stderr)
+    verify = outputs[1].splitlines()
+    if admindir:
+        verify = [line for line in verify
+                  if not made_at_boot(tree, line.split(None, 1)[1])
+                  or not line.startswith("missing ")]
+    return outputs[0], verify
+
+
+def made_at_boot(tree, path):
+    """Whether a deployable tree's ``path`` is made when it boots."""
+    if path.startswith("/boot/"):
+        version = re.sub(r"^[A-Za-z.]+-", "", os.path.basename(path))
+        return os.path.isfile(os.path.join(tree, "usr/lib/modules", version,
+                                           "vmlinuz"))
+    if not path.startswith("/var/"):
+        return False
+    made, linked = set(), set()
+    conf_dir = os.path.join(tree, "usr/lib/tmpfiles.d")
+    for name in os.listdir(conf_dir):
+        with open(os.path.join(conf_dir, name), errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) < 2 or fields[0].startswith("#"):
+                    continue
+                made.add(fields[1])
+                if fields[0].startswith("L"):
+                    linked.add(fields[1])
+    return any(p == path or p.startswith(path + "/") for p in made) or \
+        any(path.startswith(p + "/") for p in linked)

@@ -22,9 +22,9 @@ def small(tmp_path, key, **publish):
 
 
 def indices(arc, tmp_path, suites=("stable",), components=("main",),
-            keyring=None):
+            keyring=None, check_valid_until=True):
     spec = recipe.Archive("test", tuple(suites), tuple(components),
-                          keyring or arc.key.keyring)
+                          keyring or arc.key.keyring, check_valid_until)
     cache = archive.ArchiveCache(str(tmp_path / "cache"), mirrors_for(arc))
     return cache.indices(spec, "amd64")
 
@@ -85,6 +85,17 @@ def test_expired_release(tmp_path, key):
     with pytest.raises(UserError) as info:
         indices(arc, tmp_path)
     assert "expired" in info.value.format()
+    assert "check-valid-until: false" in info.value.format()
+
+
+def test_expired_release_of_a_snapshot_when_asked(tmp_path, key, other_key):
+    arc = small(tmp_path, key, valid_until=time.time() - 3600)
+    assert indices(arc, tmp_path, check_valid_until=False)
+    # Still signed by the archive's key, or refused.
+    with pytest.raises(UserError) as info:
+        indices(arc, tmp_path / "other", keyring=other_key.keyring,
+                check_valid_until=False)
+    assert "signature" in info.value.format()
 
 
 def test_valid_until_in_future_is_fine(tmp_path, key):

@@ -1,6 +1,6 @@
 """Building images: ./configure && ninja against Debian's archive.
 
-These tests bootstrap real bookworm systems in the sandbox (bubblewrap,
+These tests bootstrap real Debian 13 systems in the sandbox (bubblewrap,
 fakeroot, an overlay in a user namespace), so they need the network once
 (packages are shared by the whole session through one pool) and take
 minutes in all.
@@ -27,10 +27,18 @@ archives:
   - {name: debian-security, suites: [bookworm-security], components: [main]}
 """
 
+# The current stable release for the build tests; Debian 12 (ARCHIVES) for
+# the fidelity, owner and ID tests that use it.
+TRIXIE_ARCHIVES = """\
+archives:
+  - {name: debian, suites: [trixie, trixie-updates], components: [main]}
+  - {name: debian-security, suites: [trixie-security], components: [main]}
+"""
+
 APPLIANCE = f"""\
 ref: test/appliance
 architecture: amd64
-{ARCHIVES}environment: {{GREETING: hello}}
+{TRIXIE_ARCHIVES}environment: {{GREETING: hello}}
 stages:
   - {{name: base, bootstrap: {{variant: minbase}}}}
   - {{name: users, run: "useradd --create-home --shell /bin/bash demo"}}

@@ -168,7 +168,8 @@ def _shadow_without_dates(text):
 @pytest.mark.skipif(os.geteuid() != 0, reason="mmdebstrap's root mode needs root")
 @pytest.mark.parametrize("suite,arch", [
     ("bookworm", "amd64"), ("trixie", "amd64"),
-    pytest.param("bookworm", "arm64", marks=pytest.mark.qemu)])
+    pytest.param("bookworm", "arm64", marks=pytest.mark.qemu),
+    pytest.param("trixie", "arm64", marks=pytest.mark.qemu)])
 def test_maintainer_scripts_equal_mmdebstrap(tmp_path, pool, suite, arch):
     """Owners, groups, modes, capabilities, user and group IDs, alternatives,
     diversions and every file, for a bootstrap that installs the corpus and

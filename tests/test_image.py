@@ -22,7 +22,7 @@ from debarchive import Server
 pytestmark = [pytest.mark.network, pytest.mark.sandbox, pytest.mark.slow,
               pytest.mark.vm]
 
-BRANCH = "exampleos/bookworm/amd64/server"
+BRANCH = "exampleos/trixie/amd64/server"
 PASSWORD = "Ex4mple-OS-t3st"
 
 
@@ -109,7 +109,7 @@ def check_layout(disk, tmp_path, commit, efi_binary):
     assert f"/{commit}.0/" in deployed
     origin = run(["debugfs", "-R", f"cat /ostree/deploy/exampleos/deploy/"
                   f"{commit}.0.origin", str(root)], "/").stdout
-    assert "refspec=exampleos:exampleos/bookworm/" in origin
+    assert "refspec=exampleos:exampleos/trixie/" in origin
     boot = extract(disk, parts["boot"], tmp_path / "boot.img")
     grub_cfg = run(["debugfs", "-R", "cat /loader/grub.cfg", str(boot)], "/").stdout
     assert "ostree=/ostree/boot." in grub_cfg and "console=tty0" in grub_cfg

@@ -52,6 +52,7 @@ def test_good_recipe(tmp_path):
         "openssh-server=1:9.2p1-2+deb12u3"
     assert rec.stages[3].options["items"][0].mode == "0644"
     assert rec.archives[1].suites == ("bookworm-security",)
+    assert rec.archives[1].check_valid_until is True
     assert rec.environment == {"LANG": "C.UTF-8"}
 
 
@@ -106,6 +107,8 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
      "invalid OSTree ref"),
     ("name: debian-security,", "name: debian,", 5, "archives[1].name",
      "listed twice"),
+    ("components: [main]}\nenv", "components: [main], check-valid-until: later}"
+     "\nenv", 5, "archives[1].check-valid-until", "expected true or false"),
     ("{name: slim, remove: [iproute2]}",
      "{name: slim, remove: [iproute2]}\n  - {name: d, deployable: {bogus: 1}}",
      15, "stages[5].deployable.bogus", "unknown key 'bogus'"),

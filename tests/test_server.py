@@ -16,7 +16,7 @@ from conftest import TOP, remove_tree
 
 pytestmark = [pytest.mark.network, pytest.mark.sandbox, pytest.mark.slow]
 
-BRANCH = "exampleos/bookworm/amd64/server"
+BRANCH = "exampleos/trixie/amd64/server"
 
 
 def run(argv, cwd=None, check=True, env=None):
@@ -125,3 +125,16 @@ def test_published_commit_deploys(server, tmp_path):
     if os.geteuid() == 0:
         assert (deployment / "var" / "home" / "admin").stat().st_uid == 1000
     assert (deployment / "var" / "home" / "admin" / ".bashrc").exists()
+
+
+def test_every_stage_passes_dpkg_audit_and_verify(server, tmp_path):
+    """Each stage's tree, the deployable one as a booted system sees it."""
+    from debostree import ostree as ostree_refs
+    from debostree import recipe as recipes
+    from helpers import dpkg_health
+    rec = recipes.load_recipe(os.path.join(TOP, "recipes", "server.yaml"))
+    for stage in rec.stages:
+        ref = ostree_refs.stage_ref("server", "amd64", stage.name)
+        audit, verify = dpkg_health(f"{server}/build/repo", ref, str(tmp_path))
+        assert audit == "", (ref, audit)
+        assert verify == [], (ref, verify)

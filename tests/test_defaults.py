@@ -1,0 +1,118 @@
+"""The default recipes as committed (recipes/ and lockfiles/): minimal
+(Debian 13, amd64 and arm64) and bookworm (Debian 12) build, and every
+stage's tree is one dpkg is content with (``dpkg --audit`` and ``dpkg
+--verify`` inside it).  The server recipe's stages are checked in
+test_server.py, which builds it."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TOP, remove_tree
+from debostree import ostree as ostree_refs
+from debostree import recipe as recipes
+from helpers import dpkg_health, dpkg_health_of_tree
+
+pytestmark = [pytest.mark.network, pytest.mark.sandbox, pytest.mark.slow,
+              pytest.mark.qemu]
+
+DEFAULTS = ("minimal", "bookworm")
+
+
+def run(argv, cwd):
+    result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, (argv, result.stdout[-4000:],
+                                    result.stderr[-4000:])
+    return result
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, pool):
+    work = tmp_path_factory.mktemp("defaults")
+    run([sys.executable, os.path.join(TOP, "configure.py"), "--builddir",
+         str(work / "build"), "--pool", pool], work)
+    run(["ninja"] + list(DEFAULTS), work)
+    yield work
+    remove_tree(work)
+
+
+def stages_of(name):
+    rec = recipes.load_recipe(os.path.join(TOP, "recipes", f"{name}.yaml"))
+    return [(arch, stage.name) for arch in rec.architectures
+            for stage in rec.stages]
+
+
+@pytest.mark.parametrize("name", DEFAULTS)
+def test_every_stage_passes_dpkg_audit_and_verify(built, name, tmp_path):
+    checked = []
+    for arch, stage in stages_of(name):
+        ref = ostree_refs.stage_ref(name, arch, stage)
+        audit, verify = dpkg_health(str(built / "build" / "repo"), ref,
+                                    str(tmp_path))
+        assert audit == "", (ref, audit)
+        assert verify == [], (ref, verify)
+        checked.append(ref)
+    assert len(checked) >= 4
+
+
+def test_the_check_sees_a_changed_file(built, tmp_path):
+    """The control: a copied tree with one packaged file changed fails."""
+    tree = tmp_path / "tree"
+    # A copy: a hardlinked checkout would change the repository's object.
+    run(["ostree", f"--repo={built}/build/repo", "checkout", "--user-mode",
+         "--force-copy", ostree_refs.stage_ref("minimal", "amd64", "base"),
+         str(tree)], tmp_path)
+    (tree / "usr" / "share" / "doc" / "dpkg" / "copyright").write_text("changed\n")
+    os.unlink(tree / "var" / "lib" / "dpkg" / "info" / "sed.md5sums")
+    audit, verify = dpkg_health_of_tree(str(tree))
+    assert any(line.endswith(" /usr/share/doc/dpkg/copyright") and
+               line.startswith("??5") for line in verify), verify
+    assert "sed" in audit
+    remove_tree(tree)
+
+
+def test_default_recipes_are_trixie_with_bookworm_kept(built):
+    for name in ("minimal", "server"):
+        rec = recipes.load_recipe(os.path.join(TOP, "recipes", f"{name}.yaml"))
+        assert rec.archives[0].suites[0] == "trixie"
+    rec = recipes.load_recipe(os.path.join(TOP, "recipes", "bookworm.yaml"))
+    assert rec.archives[0].suites[0] == "bookworm"
+    os_release = run(["ostree", f"--repo={built}/build/repo", "cat",
+                      "exampleos/trixie/arm64/minimal", "/usr/lib/os-release"],
+                     built).stdout
+    assert 'VERSION_CODENAME=trixie' in os_release
+
+
+FORKY = """\
+ref: test/forky/{arch}
+architectures: [amd64]
+archives:
+  # A frozen (snapshot) mirror serves testing's Release past its one-week
+  # Valid-Until; the signature is still checked.
+  - {name: debian, suites: [forky], components: [main], check-valid-until: false}
+stages:
+  - {name: base, bootstrap: {variant: minbase}}
+  - {name: tools, install: [iproute2]}
+"""
+
+
+def test_testing_resolves_and_bootstraps(tmp_path, pool):
+    """Debian testing (forky): resolved, bootstrapped, and dpkg is content."""
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "forky.yaml").write_text(FORKY)
+    run([sys.executable, os.path.join(TOP, "configure.py"), "--recipes",
+         "recipes", "--lockfiles", "lockfiles", "--pool", pool], tmp_path)
+    run(["ninja", "update-lockfiles"], tmp_path)
+    run(["ninja"], tmp_path)
+    repo = str(tmp_path / "build" / "repo")
+    os_release = run(["ostree", f"--repo={repo}", "cat", "test/forky/amd64",
+                      "/usr/lib/os-release"], tmp_path).stdout
+    assert "VERSION_CODENAME=forky" in os_release
+    for stage in ("base", "tools"):
+        audit, verify = dpkg_health(repo, ostree_refs.stage_ref(
+            "forky", "amd64", stage), str(tmp_path))
+        assert audit == "" and verify == [], (stage, audit, verify)
+    remove_tree(tmp_path / "build")
