@@ -15,9 +15,11 @@ import hashlib
 import http.client
 import lzma
 import os
+import re
 import shutil
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ from . import proc
 from .errors import UserError
 
 USER_AGENT = "debostree"
-TIMEOUT = 60
+TIMEOUT = 30  # seconds a connect or a read may block
 DECOMPRESSORS = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open, "": open}
 
 
@@ -63,6 +65,72 @@ def open_url(url):
         raise UserError(f"{url}: {error}")
 
 
+# A transfer that delivers less than STALL_BYTES in STALL_SECONDS is given
+# up (a mirror trickling a byte now and then would otherwise hold a build
+# forever); so is a body longer than expected (plus a margin: never written
+# to disk in full).  Network failures are retried a few times, with backoff.
+STALL_SECONDS = 30
+STALL_BYTES = 1024
+SIZE_MARGIN = 4096
+MAX_RELEASE_BYTES = 64 << 20
+RETRIES = 3
+BACKOFF_SECONDS = 1.0
+
+
+class _Transient(UserError):
+    """A network failure worth another try."""
+
+
+def _transfer(url, write, *, limit, what):
+    """Stream ``url`` into ``write``; returns the byte count.  Raises
+    _Transient for failures another try may fix, UserError otherwise."""
+    size = 0
+    try:
+        response = open_url(url)
+    except UserError as error:
+        if re.search(r"HTTP 4\d\d", error.message) or url.startswith("file:"):
+            raise
+        raise _Transient(error.message)
+    with response:
+        window_start, window_bytes = time.monotonic(), 0
+        try:
+            while True:
+                chunk = response.read1(1 << 16)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    raise UserError(f"{what or url}: {url} sent more than the "
+                                    f"{limit} bytes expected; the download "
+                                    "was stopped and not kept")
+                write(chunk)
+                window_bytes += len(chunk)
+                now = time.monotonic()
+                if now - window_start >= STALL_SECONDS:
+                    if window_bytes < STALL_BYTES:
+                        raise _Transient(f"{what or url}: {url} stalled "
+                                         f"({window_bytes} bytes in "
+                                         f"{now - window_start:.0f} s)")
+                    window_start, window_bytes = now, 0
+        except (OSError, http.client.HTTPException) as error:
+            raise _Transient(f"{what or url}: download from {url} broke off "
+                             f"after {size} bytes: {error!r}")
+    return size
+
+
+def _with_retries(attempt, what):
+    for number in range(1, RETRIES + 1):
+        try:
+            return attempt()
+        except _Transient as error:
+            if number == RETRIES:
+                raise UserError(f"{error.message} (tried {RETRIES} times)",
+                                hint="the partial file was not kept; check "
+                                "the mirror, then retry")
+            log(f"  {error.message}; trying again")
+            time.sleep(BACKOFF_SECONDS * 2 ** (number - 1))
+
+
 def download(url, dest, *, expect_size=None, expect_sha256=None, what=None):
     """Download ``url`` to ``dest`` atomically, checking size and SHA256.
 
@@ -71,47 +139,46 @@ def download(url, dest, *, expect_size=None, expect_sha256=None, what=None):
     never looks complete.  Returns the SHA256 hex digest.
     """
     os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
-    digest = hashlib.sha256()
-    size = 0
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest) or ".",
-                               prefix=".part-" + os.path.basename(dest)[:40])
-    try:
-        with os.fdopen(fd, "wb") as out, open_url(url) as response:
-            try:
-                while True:
-                    chunk = response.read(1 << 20)
-                    if not chunk:
-                        break
+    limit = expect_size + SIZE_MARGIN if expect_size is not None else None
+
+    def attempt():
+        digest = hashlib.sha256()
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest) or ".",
+                                   prefix=".part-" + os.path.basename(dest)[:40])
+        try:
+            with os.fdopen(fd, "wb") as out:
+                def write(chunk):
                     out.write(chunk)
                     digest.update(chunk)
-                    size += len(chunk)
-            except (OSError, http.client.HTTPException) as error:
-                raise UserError(f"{what or url}: download from {url} broke off "
-                                f"after {size} bytes: {error!r}",
-                                hint="the partial file was not kept; retry")
-        actual = digest.hexdigest()
-        if (expect_size is not None and size != expect_size) or \
-                (expect_sha256 is not None and actual != expect_sha256):
-            raise UserError(
-                f"{what or url}: downloaded file does not match: expected "
-                f"SHA256 {expect_sha256} ({expect_size} bytes), got {actual} "
-                f"({size} bytes) from {url}",
-                hint="the file was not kept; if the mirror is being updated, "
-                "retry later")
-        # Readable by others: a pool or cache may be shared by several
-        # users' builds (mkstemp made it 0600).
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, dest)
-        tmp = None
-        return actual
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+                size = _transfer(url, write, limit=limit, what=what)
+            actual = digest.hexdigest()
+            if (expect_size is not None and size != expect_size) or \
+                    (expect_sha256 is not None and actual != expect_sha256):
+                raise UserError(
+                    f"{what or url}: downloaded file does not match: expected "
+                    f"SHA256 {expect_sha256} ({expect_size} bytes), got {actual} "
+                    f"({size} bytes) from {url}",
+                    hint="the file was not kept; if the mirror is being "
+                    "updated, retry later")
+            # Readable by others: a pool or cache may be shared by several
+            # users' builds (mkstemp made it 0600).
+            os.chmod(tmp, 0o644)
+            os.rename(tmp, dest)
+            tmp = None
+            return actual
+        finally:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+    return _with_retries(attempt, what)
 
 
-def fetch_bytes(url):
-    with open_url(url) as response:
-        return response.read()
+def fetch_bytes(url, limit=MAX_RELEASE_BYTES):
+    """The body of ``url`` (a Release file: small), at most ``limit`` bytes."""
+    def attempt():
+        parts = []
+        _transfer(url, parts.append, limit=limit, what=None)
+        return b"".join(parts)
+    return _with_retries(attempt, url)
 
 
 def verify_signature(signed_path, keyring, output_path, detached_sig=None):
@@ -157,6 +224,19 @@ def verify_signature(signed_path, keyring, output_path, detached_sig=None):
 def parse_release(path):
     with open(path, encoding="utf-8") as f:
         return deb822.Release(f)
+
+
+def check_suite(release, suite, what):
+    """Refuse a signed Release of another suite (as apt does): a mirror
+    serving oldstable's files as stable would downgrade every package."""
+    names = [release.get(f, "").strip() for f in ("Suite", "Codename")]
+    if not any(names) or suite in names:
+        return
+    raise UserError(f"{what}: the signed Release is for suite "
+                    f"'{names[0] or '-'}' (codename '{names[1] or '-'}'), not "
+                    f"'{suite}'", hint="the mirror serves another suite's "
+                    "Release (stale, misconfigured or replayed), or the "
+                    "recipe names the wrong suite")
 
 
 def check_valid_until(release, what, now=None):
@@ -235,6 +315,7 @@ class ArchiveCache:
                                 f"{error.message}", hint=error.hint)
             os.replace(os.path.join(tmp, "Release"), verified)
         release = parse_release(verified)
+        check_suite(release, suite, what)
         if archive.check_valid_until:
             check_valid_until(release, what, self.now)
         self._releases[key] = (verified, release)

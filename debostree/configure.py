@@ -56,12 +56,24 @@ def load_locks(recipes, lockfile_dir):
     return locks, problems
 
 
+def source_date_epoch_problem(environ=os.environ):
+    """SOURCE_DATE_EPOCH, when set, must be a number of seconds."""
+    value = environ.get("SOURCE_DATE_EPOCH")
+    if value is not None and value != "" and \
+            not (value.isascii() and value.isdigit() and len(value) <= 12):
+        raise UserError(f"the environment's SOURCE_DATE_EPOCH={value!r} is not "
+                        "a number of seconds since 1970",
+                        hint="set it to an integer (git log -1 --format=%ct) "
+                        "or unset it")
+
+
 def configure(args, argv):
     top = TOP
     recipes_dir = os.path.abspath(args.recipes or os.path.join(top, "recipes"))
     lockfile_dir = os.path.abspath(args.lockfiles or
                                    os.path.join(top, "lockfiles"))
     builddir = os.path.abspath(args.builddir)
+    source_date_epoch_problem()
     recipes = recipe.load_recipes(recipes_dir)
     if not recipes:
         raise UserError("no recipes found", path=recipes_dir,
@@ -90,6 +102,8 @@ def configure(args, argv):
     builder = graph.GraphBuilder(config, recipes, locks, configure_args,
                                  lock_problems)
     text = ninja.render(builder.build(), os.path.join(top, "build.ninja.in"))
+    # Nothing is written before everything is known to be good.
+    builder.flush()
     os.makedirs(lockfile_dir, exist_ok=True)
     config.save()
     # Always rewritten: ninja reruns a generator whose output is older than

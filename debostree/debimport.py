@@ -31,14 +31,10 @@ import tempfile
 from debian import deb822
 
 from . import manifest, ostree
+from .lockfile import ARCH_RE, PACKAGE_RE, VERSION_RE
 from .errors import UserError
 
 MERGED_USR_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "libo32")
-# What dpkg accepts (lib/parsehelp.c, lib/arch.c, deb-version(7)); a name
-# that becomes a file name must never hold '/' or start with '.'.
-PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
-ARCH_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-VERSION_RE = re.compile(r"^(?:[0-9]+:)?[0-9][A-Za-z0-9.+~:-]*$")
 CONTROL_MEMBER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 # Control members dpkg keeps in its info directory (everything but control).
 SKIP_CONTROL_MEMBERS = ("control",)
@@ -111,7 +107,7 @@ def check_control(deb, control, expect=None):
     for field, pattern in (("Package", PACKAGE_RE), ("Version", VERSION_RE),
                            ("Architecture", ARCH_RE)):
         value = control.get(field)
-        if value is None or not pattern.match(value):
+        if value is None or not pattern.fullmatch(value):
             raise UserError(f"{what}: invalid {field} {value!r}; refusing to "
                             "import it", hint="the mirror or pool serves a "
                             "broken or hostile package")
@@ -150,7 +146,7 @@ def read_control(deb, info_dir, expect=None):
             name = member.name[2:] if member.name.startswith("./") else member.name
             if not member.isfile() or "/" in name:
                 continue
-            if not CONTROL_MEMBER_RE.match(name):
+            if not CONTROL_MEMBER_RE.fullmatch(name):
                 raise UserError(f"{deb}: invalid control member name {name!r}; "
                                 "refusing to import it")
             members[name] = (tar.extractfile(member).read(), member.mode)

@@ -52,6 +52,7 @@ class GraphBuilder:
         self.by_name = {r.name: r for r in recipes}
         self.stage_outputs = {}  # (recipe, arch, stage) -> .commit path
         self.checked = set()
+        self.pending = {}
 
     def p(self, path):
         return rel(path, self.base)
@@ -249,10 +250,17 @@ class GraphBuilder:
                        "count": str(len(items))}))
 
     def write_options(self, path, options):
-        """Write a stage's options file only when it changes (it is an input
-        of the stage's edge: a change reruns the stage)."""
-        files.write_if_changed(path, json.dumps(options, indent=1,
-                                                sort_keys=True) + "\n")
+        """A stage's options file, written by ``flush`` once the whole graph
+        is known to be good (a failed configure writes nothing), and only
+        when it changes (it is an input of the stage's edge: a change
+        reruns the stage)."""
+        self.pending[path] = json.dumps(options, indent=1, sort_keys=True) + "\n"
+
+    def flush(self):
+        """Write the options files ``write_options`` collected."""
+        for path, text in sorted(self.pending.items()):
+            files.write_if_changed(path, text)
+        self.pending.clear()
 
     def stage_edge(self, recipe, arch, stage):
         """The edge of one stage (and, first, of the stage it starts from)."""

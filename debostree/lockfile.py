@@ -36,6 +36,13 @@ LOCK_FIELDS = ("Lock-Archive", "Lock-Suite", "Lock-Stage")
 REQUIRED_FIELDS = ("Package", "Version", "Architecture", "Filename", "Size",
                    "SHA256") + LOCK_FIELDS
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# What dpkg accepts (lib/parsehelp.c, lib/arch.c, deb-version(7)): names
+# that become file names and command arguments never hold '/', spaces or
+# shell characters, nor start with '.'.
+PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]*$")
+ARCH_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+VERSION_RE = re.compile(r"^(?:[0-9]+:)?[A-Za-z0-9][A-Za-z0-9.+~:-]*$")
+LOCK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+-]*$")
 FILENAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~%/-]*\.u?deb$")
 
 
@@ -131,17 +138,26 @@ def _entry(text, path, line):
             raise UserError(f"stanza lacks the '{field}' field", path=path,
                             line=line, key=para.get("Package"),
                             hint="regenerate it with 'ninja update-lockfiles'")
+    for field, pattern in (("Package", PACKAGE_RE), ("Version", VERSION_RE),
+                           ("Architecture", ARCH_RE), ("Lock-Archive", LOCK_NAME_RE),
+                           ("Lock-Suite", LOCK_NAME_RE), ("Lock-Stage", LOCK_NAME_RE)):
+        if not pattern.fullmatch(para[field]):
+            raise UserError(f"invalid {field} {para[field]!r}", path=path,
+                            line=line, key=f"{para['Package'][:60]}.{field}",
+                            hint="regenerate it with 'ninja update-lockfiles'")
     sha256 = para["SHA256"].strip()
-    if not SHA256_RE.match(sha256):
+    if not SHA256_RE.fullmatch(sha256):
         raise UserError(f"invalid SHA256 '{sha256}'", path=path, line=line,
                         key=f"{para['Package']}.SHA256")
     try:
         size = int(para["Size"])
+        if size <= 0 or not para["Size"].strip().isdigit():
+            raise ValueError(size)
     except ValueError:
         raise UserError(f"invalid Size '{para['Size']}'", path=path, line=line,
                         key=f"{para['Package']}.Size")
     filename = para["Filename"].strip()
-    if not FILENAME_RE.match(filename) or ".." in filename.split("/"):
+    if not FILENAME_RE.fullmatch(filename) or ".." in filename.split("/"):
         raise UserError(f"invalid Filename '{filename}'", path=path, line=line,
                         key=f"{para['Package']}.Filename",
                         hint="a path relative to the archive root, ending in .deb")
@@ -153,11 +169,20 @@ def _entry(text, path, line):
 def read(path):
     """Read and validate the lockfile at ``path``."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as error:
         raise UserError(f"cannot read lockfile: {error.strerror}", path=path,
                         hint="run 'ninja update-lockfiles' to create it")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(f"not UTF-8 text ({error.reason} at byte {error.start})",
+                        path=path, line=data.count(b"\n", 0, error.start) + 1,
+                        hint="regenerate it with 'ninja update-lockfiles'")
+    if "\0" in text:
+        raise UserError("a NUL character in the lockfile", path=path,
+                        line=text.count("\n", 0, text.index("\0")) + 1)
     return parse(text, path)
 
 

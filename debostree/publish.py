@@ -91,7 +91,7 @@ def read_settings(path=None):
                             f"{error.message}", hint=error.hint)
     if "gpg-key" in data:
         if not isinstance(data["gpg-key"], str) or \
-                not GPG_KEY_RE.match(data["gpg-key"]):
+                not GPG_KEY_RE.fullmatch(data["gpg-key"]):
             raise src.error(("gpg-key",), f"invalid GPG key id "
                             f"{data['gpg-key']!r}", hint="its fingerprint, "
                             "as 'gpg --list-secret-keys' shows")

@@ -37,6 +37,17 @@ VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]*$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MODE_RE = re.compile(r"^0?[0-7]{3,4}$")
 OWNER_RE = re.compile(r"^([a-z_][a-z0-9_-]*|[0-9]+)$")
+MAX_NAME = 255
+MAX_PATH = 4095
+MAX_SCRIPT = 1 << 20
+# Targets build.ninja always has (graph.py), and the per-recipe targets
+# RECIPE/NAME besides its stages: no recipe or stage may take these names.
+RESERVED_TARGETS = {"fetch", "publish", "pull-published", "update-lockfiles",
+                    "check-lockfiles", "fsck", "all", "build.ninja"}
+RESERVED_STAGE_NAMES = {"packages", "publish", "lockfile"} | set(ARCHITECTURES)
+
+
+
 
 
 @dataclass(frozen=True)
@@ -140,24 +151,37 @@ def recipe_name(path):
 def _check_keys(src, keypath, mapping, allowed, required=()):
     for key in mapping:
         if key not in allowed:
-            raise src.error(keypath + (key,), f"unknown key '{key}'",
+            raise src.error(keypath + (key,), f"unknown key '{_shown(key)}'",
                             hint="allowed here: " + ", ".join(sorted(allowed)))
     for key in required:
         if key not in mapping:
             raise src.error(keypath, f"missing required key '{key}'")
 
 
-def _string(src, keypath, value, pattern=None, what="a string"):
+def _shown(value, limit=60):
+    """A value as an error line shows it: one line, not too long."""
+    text = repr(value)[1:-1] if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _string(src, keypath, value, pattern=None, what="a string",
+            max_len=MAX_NAME):
     if not isinstance(value, str) or not value:
         raise src.error(keypath, f"expected {what}, got {_describe(value)}")
-    if pattern is not None and not pattern.match(value):
-        raise src.error(keypath, f"invalid value '{value}'",
+    if max_len and len(value) > max_len:
+        raise src.error(keypath, f"{len(value)} characters is too long for "
+                        f"{what} (at most {max_len})")
+    if pattern is not None and not pattern.fullmatch(value):
+        raise src.error(keypath, f"invalid value '{_shown(value)}'",
                         hint=f"expected {what}")
+    if any(c in value for c in "\0\n\r") and max_len == MAX_NAME:
+        raise src.error(keypath, f"invalid value '{_shown(value)}': a line "
+                        "break or NUL in it", hint=f"expected {what}")
     return value
 
 
 def _string_list(src, keypath, value, pattern=None, what="a string",
-                 allow_empty=False):
+                 allow_empty=False, max_len=MAX_NAME):
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list):
@@ -165,7 +189,7 @@ def _string_list(src, keypath, value, pattern=None, what="a string",
                         f"{_describe(value)}")
     if not value and not allow_empty:
         raise src.error(keypath, "the list is empty")
-    return tuple(_string(src, keypath + (i,), item, pattern, what)
+    return tuple(_string(src, keypath + (i,), item, pattern, what, max_len)
                  for i, item in enumerate(value))
 
 
@@ -180,7 +204,7 @@ def _describe(value):
         return "a list"
     if isinstance(value, (int, float)):
         return f"number {value}"
-    return f"'{value}'"
+    return f"'{_shown(value)}'"
 
 
 def _environment(src, keypath, value):
@@ -191,11 +215,14 @@ def _environment(src, keypath, value):
                         f"values, got {_describe(value)}")
     env = {}
     for name, val in value.items():
-        if not ENV_NAME_RE.match(name):
+        if not ENV_NAME_RE.fullmatch(name):
             raise src.error(keypath + (name,), "invalid environment variable name")
         if isinstance(val, bool) or not isinstance(val, (str, int, float)):
             raise src.error(keypath + (name,), f"expected a string value, got "
                             f"{_describe(val)}")
+        if "\0" in str(val) or len(str(val)) > MAX_PATH:
+            raise src.error(keypath + (name,), "a NUL character or more than "
+                            f"{MAX_PATH} characters in the value")
         env[name] = str(val)
     return env
 
@@ -206,9 +233,9 @@ def _packages(src, keypath, value, arch_names, allow_empty=False):
     requests = []
     for i, text in enumerate(names):
         # "{arch}" in a name is each architecture's name (linux-image-{arch}).
-        match = PACKAGE_RE.match(text.replace(ARCH_PLACEHOLDER, ARCH_TOKEN))
+        match = PACKAGE_RE.fullmatch(text.replace(ARCH_PLACEHOLDER, ARCH_TOKEN))
         if not match:
-            raise src.error(keypath + (i,), f"invalid package request '{text}'",
+            raise src.error(keypath + (i,), f"invalid package request '{_shown(text)}'",
                             hint="write NAME, NAME:ARCH or NAME=VERSION; "
                             "{arch} in NAME stands for each architecture")
         if match["arch"] and match["arch"] not in arch_names + ("all",):
@@ -225,8 +252,8 @@ def _packages(src, keypath, value, arch_names, allow_empty=False):
 
 def _parent_ref(src, keypath, value):
     text = _string(src, keypath, value, what="a 'recipe/stage' reference")
-    if text.count("/") != 1 or not all(NAME_RE.match(p) for p in text.split("/")):
-        raise src.error(keypath, f"invalid stage reference '{text}'",
+    if text.count("/") != 1 or not all(NAME_RE.fullmatch(p) for p in text.split("/")):
+        raise src.error(keypath, f"invalid stage reference '{_shown(text)}'",
                         hint="write RECIPE/STAGE, for example minimal/base")
     return text
 
@@ -238,7 +265,7 @@ def _stage_bootstrap(src, keypath, value, recipe):
     _check_keys(src, keypath, value, {"variant", "packages"})
     variant = value.get("variant", "minbase")
     if variant not in VARIANTS:
-        raise src.error(keypath + ("variant",), f"unknown variant '{variant}'",
+        raise src.error(keypath + ("variant",), f"unknown variant '{_shown(variant)}'",
                         hint="one of " + ", ".join(VARIANTS))
     if variant == "minbase":
         variant = "required"
@@ -256,17 +283,19 @@ def _stage_install(src, keypath, value, recipe):
 def _stage_remove(src, keypath, value, recipe):
     names = _string_list(src, keypath, value, what="package name")
     for i, name in enumerate(names):
-        if not PACKAGE_RE.match(name) or "=" in name:
-            raise src.error(keypath + (i,), f"invalid package name '{name}'")
+        if not PACKAGE_RE.fullmatch(name) or "=" in name:
+            raise src.error(keypath + (i,), f"invalid package name '{_shown(name)}'")
     return {"packages": names}
 
 
 def _stage_run(src, keypath, value, recipe):
     if isinstance(value, list):
-        lines = _string_list(src, keypath, value, what="shell command")
+        lines = _string_list(src, keypath, value, what="shell command",
+                             max_len=MAX_SCRIPT)
         script = "\n".join(lines)
     else:
-        script = _string(src, keypath, value, what="a shell command")
+        script = _string(src, keypath, value, what="a shell command",
+                         max_len=MAX_SCRIPT)
     return {"script": script}
 
 
@@ -295,7 +324,8 @@ def _stage_copy(src, keypath, value, recipe):
                             f"'dest', got {_describe(item)}")
         _check_keys(src, itempath, item, {"src", "dest", "owner", "group", "mode"},
                     required=("src", "dest"))
-        source = _string(src, itempath + ("src",), item["src"], what="a path")
+        source = _string(src, itempath + ("src",), item["src"], what="a path",
+                         max_len=MAX_PATH)
         if os.path.isabs(source) or ".." in source.split("/"):
             raise src.error(itempath + ("src",), f"'{source}' must be a path "
                             "inside the recipe's directory",
@@ -310,23 +340,24 @@ def _stage_copy(src, keypath, value, recipe):
                             f"recipe's directory (to {escape}) through a "
                             "symbolic link", hint="copy the files into the "
                             "recipe's directory")
-        dest = _string(src, itempath + ("dest",), item["dest"], what="a path")
+        dest = _string(src, itempath + ("dest",), item["dest"], what="a path",
+                       max_len=MAX_PATH)
         if not dest.startswith("/") or ".." in dest.split("/") or "\n" in dest:
             raise src.error(itempath + ("dest",), f"'{dest}' must be an "
                             "absolute path in the image")
         owner = str(item.get("owner", "root"))
         group = str(item.get("group", "root"))
         for key, val in (("owner", owner), ("group", group)):
-            if not OWNER_RE.match(val):
-                raise src.error(itempath + (key,), f"invalid {key} '{val}'",
+            if not OWNER_RE.fullmatch(val):
+                raise src.error(itempath + (key,), f"invalid {key} '{_shown(val)}'",
                                 hint="a user or group name, or a number")
         mode = item.get("mode")
         if mode is not None:
             if isinstance(mode, int):  # YAML 1.1 reads 0644 as octal int
                 mode = format(mode, "o")
             mode = str(mode)
-            if not MODE_RE.match(mode):
-                raise src.error(itempath + ("mode",), f"invalid mode '{mode}'",
+            if not MODE_RE.fullmatch(mode):
+                raise src.error(itempath + ("mode",), f"invalid mode '{_shown(mode)}'",
                                 hint="an octal string such as \"0644\"")
         items.append(CopyItem(source, dest, owner, group, mode))
     return {"items": tuple(items)}
@@ -374,7 +405,7 @@ def _kernel_arguments(src, keypath, value):
     kargs = _string_list(src, keypath, value, what="kernel argument",
                          allow_empty=True)
     for i, karg in enumerate(kargs):
-        if not KARG_RE.match(karg):
+        if not KARG_RE.fullmatch(karg):
             raise src.error(keypath + (i,), f"invalid kernel argument {karg!r}",
                             hint="no spaces or quotes; one argument per item")
         if karg.split("=")[0] in ("root", "ostree"):
@@ -394,9 +425,9 @@ def _stage_deployable(src, keypath, value, recipe):
                            value.get("dracut-modules", []),
                            what="dracut module name", allow_empty=True)
     for i, module in enumerate(modules):
-        if not NAME_RE.match(module):
+        if not NAME_RE.fullmatch(module):
             raise src.error(keypath + ("dracut-modules", i),
-                            f"invalid dracut module name '{module}'")
+                            f"invalid dracut module name '{_shown(module)}'")
     return {"dracut_modules": tuple(modules)}
 
 
@@ -425,17 +456,24 @@ def load_recipe(path):
     """Load and validate the recipe file at ``path``."""
     data, src = yamlsrc.load(path)
     name = recipe_name(path)
-    if "/" in name or not NAME_RE.match(name.replace(" ", "_")):
+    if "/" in name or not NAME_RE.fullmatch(name.replace(" ", "_")) or \
+            len(name) > MAX_NAME:
         raise UserError("invalid recipe file name", path=path,
-                        hint="use letters, digits, '.', '_', '+', '-' and spaces")
+                        hint="use letters, digits, '.', '_', '+', '-' and "
+                        f"spaces, at most {MAX_NAME} characters")
+    if name in RESERVED_TARGETS:
+        raise UserError(f"a recipe may not be named '{name}': ninja already "
+                        "has a target of that name", path=path,
+                        hint="rename the file; reserved: "
+                        + ", ".join(sorted(RESERVED_TARGETS)))
     if not isinstance(data, dict):
         raise UserError(f"a recipe must be a mapping, got {_describe(data)}",
                         path=path, line=src.line(()))
     root = ()
     _check_keys(src, root, data, RECIPE_KEYS, required=("ref", "stages"))
     ref = _string(src, ("ref",), data["ref"], what="an OSTree branch name")
-    if not REF_RE.match(ref.replace("{arch}", "arch")):
-        raise src.error(("ref",), f"invalid OSTree ref '{ref}'",
+    if not REF_RE.fullmatch(ref.replace("{arch}", "arch")):
+        raise src.error(("ref",), f"invalid OSTree ref '{_shown(ref)}'",
                         hint="use letters, digits, '.', '_', '-' separated by '/'")
 
     if ("architecture" in data) == ("architectures" in data):
@@ -491,7 +529,7 @@ def load_recipe(path):
             keyring = None
             if "keyring" in entry:
                 keyring = _string(src, keypath + ("keyring",), entry["keyring"],
-                                  what="a keyring file path")
+                                  what="a keyring file path", max_len=MAX_PATH)
                 keyring = os.path.normpath(os.path.join(recipe_dir, keyring))
                 if not os.path.isfile(keyring):
                     raise src.error(keypath + ("keyring",), f"no such keyring "
@@ -540,6 +578,11 @@ def load_recipe(path):
         if sname in names:
             raise src.error(keypath + ("name",), f"stage name '{sname}' is used "
                             "twice", hint="stage names must be unique in a recipe")
+        if sname in RESERVED_STAGE_NAMES:
+            raise src.error(keypath + ("name",), f"a stage may not be named "
+                            f"'{sname}': the recipe's targets use that name "
+                            f"(RECIPE/{sname})", hint="reserved: " + ", ".join(
+                                sorted(RESERVED_STAGE_NAMES)))
         names.add(sname)
         kinds = [k for k in raw if k in STAGE_KINDS]
         if len(kinds) != 1:
@@ -597,7 +640,23 @@ def load_recipes(directory):
         raise UserError(f"cannot list recipes: {error.strerror}", path=directory)
     recipes = [load_recipe(os.path.join(directory, f)) for f in files]
     check_references(recipes)
+    check_refs_unique(recipes)
     return recipes
+
+
+def check_refs_unique(recipes):
+    """Two recipes committing to one branch would overwrite each other."""
+    owners = {}
+    for rec in recipes:
+        for arch in rec.architectures:
+            ref = rec.ref_for(arch)
+            if ref in owners and owners[ref] is not rec:
+                other = owners[ref]
+                raise rec.source.error(
+                    ("ref",), f"ref '{ref}' is also the ref of recipe "
+                    f"'{other.name}' ({other.path}:{other.source.line(('ref',))})",
+                    hint="give each recipe a ref of its own")
+            owners[ref] = rec
 
 
 def check_references(recipes):

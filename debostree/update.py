@@ -143,7 +143,14 @@ def check_consistency(recipe, arch, entries, path, inherited=()):
     packages locked in it (or before it), and every locked stage must exist.
     """
     stage_names = [s.name for s in recipe.stages]
+    archive_names = {a.name for a in effective_archives(recipe, None)} \
+        if recipe.archives or not recipe.parent else None
     for entry in entries:
+        if archive_names is not None and entry.archive not in archive_names:
+            raise UserError(f"package {entry.name} is locked from archive "
+                            f"'{entry.archive}', which the recipe does not "
+                            "list", path=path, line=entry.line,
+                            hint="the recipe changed: run 'ninja update-lockfiles'")
         if entry.stage not in stage_names:
             raise UserError(f"package {entry.name} is locked for stage "
                             f"'{entry.stage}', which the recipe does not have",

@@ -10,6 +10,12 @@ import yaml
 
 from .errors import UserError
 
+# Bounds on what a recipe may be: aliases can make a few lines expand into
+# gigabytes ("billion laughs"), and deep nesting exhausts the parser.
+MAX_BYTES = 1 << 20
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
+
 
 class Source:
     """Where the values of one YAML document came from."""
@@ -40,7 +46,17 @@ def format_keypath(keypath):
     return text
 
 
-def _convert(node, keypath, lines, constructor, path):
+def _convert(node, keypath, lines, constructor, path, budget=None):
+    budget = budget if budget is not None else [MAX_VALUES]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise UserError(f"more than {MAX_VALUES} values (aliases that expand "
+                        "too far?)", path=path, line=node.start_mark.line + 1,
+                        key=format_keypath(keypath),
+                        hint="write the values out instead of repeating aliases")
+    if len(keypath) > MAX_DEPTH:
+        raise UserError(f"nested more than {MAX_DEPTH} levels deep", path=path,
+                        line=node.start_mark.line + 1)
     lines[keypath] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         result = {}
@@ -58,10 +74,11 @@ def _convert(node, keypath, lines, constructor, path):
                                 key=format_keypath(keypath),
                                 hint="each key may appear once in a mapping")
             result[key] = _convert(value_node, keypath + (key,), lines,
-                                   constructor, path)
+                                   constructor, path, budget)
         return result
     if isinstance(node, yaml.SequenceNode):
-        return [_convert(item, keypath + (index,), lines, constructor, path)
+        return [_convert(item, keypath + (index,), lines, constructor, path,
+                         budget)
                 for index, item in enumerate(node.value)]
     return constructor.construct_object(node, deep=True)
 
@@ -76,8 +93,17 @@ def load(path, text=None):
             raise UserError(f"cannot read file: {error.strerror}", path=path)
         except UnicodeDecodeError as error:
             raise UserError(f"not UTF-8 text ({error.reason})", path=path)
+    if len(text) > MAX_BYTES:
+        raise UserError(f"{len(text)} characters: larger than a recipe can be "
+                        f"({MAX_BYTES})", path=path)
+    if "\0" in text:
+        raise UserError("a NUL character in the file", path=path,
+                        line=text.count("\n", 0, text.index("\0")) + 1)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise UserError("nested too deeply to read", path=path,
+                        hint=f"recipes nest at most {MAX_DEPTH} levels")
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         problem = error.problem or error.context or "syntax error"

@@ -98,6 +98,23 @@ def test_expired_release_of_a_snapshot_when_asked(tmp_path, key, other_key):
     assert "signature" in info.value.format()
 
 
+def test_release_of_another_suite(tmp_path, key):
+    """oldstable's signed InRelease served as stable's is refused."""
+    arc = Archive(tmp_path / "archive", key, architectures=("amd64",))
+    arc.add("stable", "hello", "2.0", "amd64")
+    arc.add("oldstable", "hello", "1.0", "amd64")
+    arc.publish()
+    dists = tmp_path / "archive" / "dists"
+    (dists / "stable" / "InRelease").write_bytes(
+        (dists / "oldstable" / "InRelease").read_bytes())
+    server = Server(arc.root)
+    arc.url, arc.server = server.url, server
+    with pytest.raises(UserError) as info:
+        indices(arc, tmp_path)
+    assert "the signed Release is for suite 'oldstable'" in info.value.message
+    assert "not 'stable'" in info.value.message
+
+
 def test_valid_until_in_future_is_fine(tmp_path, key):
     arc = small(tmp_path, key, valid_until=time.time() + 3600)
     assert indices(arc, tmp_path)

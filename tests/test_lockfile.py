@@ -45,6 +45,13 @@ def test_parse_and_install_order():
     ("Lock-Archive: debian\n", "", "lacks the 'Lock-Archive' field"),
     ("Filename: pool/main/app_1.0_amd64.deb", "Filename: ../etc/passwd.deb",
      "invalid Filename"),
+    ("Size: 100", "Size: -5", "invalid Size"),
+    ("Size: 100", "Size: 0", "invalid Size"),
+    ("Package: app", "Package: a;rm -rf $HOME", "invalid Package"),
+    ("Package: app", "Package: ../../x", "invalid Package"),
+    ("Version: 1.0", "Version: 1.0 `id`", "invalid Version"),
+    ("Architecture: amd64", "Architecture: amd64/../x", "invalid Architecture"),
+    ("Lock-Stage: base", "Lock-Stage: base;x", "invalid Lock-Stage"),
 ])
 def test_bad_stanzas_name_the_line(old, new, words):
     text = stanza("libc") + "\n" + stanza("app").replace(old, new)
@@ -53,6 +60,20 @@ def test_bad_stanzas_name_the_line(old, new, words):
     assert words in info.value.format()
     assert info.value.line == 12
     assert info.value.format().startswith("x.lock:12:")
+
+
+def test_non_utf8_and_nul_name_the_line(tmp_path):
+    path = tmp_path / "x.lock"
+    path.write_bytes(stanza("libc").encode() + b"\n" +
+                     stanza("app").encode().replace(b"Lock-Suite: bookworm",
+                                                    b"Lock-Suite: b\xffw"))
+    with pytest.raises(UserError) as info:
+        lockfile.read(str(path))
+    assert "not UTF-8" in info.value.message and info.value.line == 20
+    path.write_bytes(stanza("libc").encode().replace(b"libc\n", b"li\0bc\n", 1))
+    with pytest.raises(UserError) as info:
+        lockfile.read(str(path))
+    assert "NUL" in info.value.message and info.value.line == 1
 
 
 def test_compare():

@@ -173,6 +173,70 @@ def test_references_between_recipes(tmp_path):
     assert info.value.line == 3
 
 
+BOMB = """\
+a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+description: *h
+"""
+
+
+@pytest.mark.parametrize("text,words", [
+    (BOMB, "more than 100000 values"),
+    ("ref: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+    ("ref: " + "[" * 70 + "]" * 70 + "\n", "nested more than 64 levels"),
+    (GOOD.replace("ref: exampleos/bookworm/amd64/minimal",
+                  "ref: test/" + "a" * 100000), "too long"),
+    (GOOD.replace("name: users,", "name: \"us\\ners\","), "invalid value 'us\\ners'"),
+    (GOOD.replace("owner: root", "owner: \"root\\n\""), "invalid owner"),
+    (GOOD.replace("[bookworm-security]", "[\"bookworm\\n\"]"), "invalid value"),
+    (GOOD.replace("{LANG: C.UTF-8}", "{LANG: \"C\\0\"}"), "NUL"),
+    (GOOD.replace("{name: tools,", "{name: packages,"), "may not be named 'packages'"),
+    (GOOD.replace("{name: tools,", "{name: publish,"), "may not be named 'publish'"),
+    (GOOD.replace("{name: tools,", "{name: arm64,"), "may not be named 'arm64'"),
+])
+def test_hostile_recipes_are_one_line(tmp_path, text, words):
+    error = error_of(tmp_path, text)
+    assert words in error.format()
+    assert "\n" not in error.format()
+    assert len(error.format()) < 600
+
+
+def test_reserved_recipe_names(tmp_path):
+    for name in ("fetch", "publish", "update-lockfiles", "fsck"):
+        with pytest.raises(UserError) as info:
+            recipe.load_recipe(write(tmp_path, GOOD, f"{name}.yaml"))
+        assert f"may not be named '{name}'" in info.value.message
+
+
+def test_two_recipes_with_one_ref(tmp_path):
+    write(tmp_path, GOOD, "one.yaml")
+    write(tmp_path, GOOD, "two.yaml")
+    with pytest.raises(UserError) as info:
+        recipe.load_recipes(str(tmp_path))
+    assert "two.yaml" in info.value.format() and "one.yaml" in info.value.format()
+    assert "exampleos/bookworm/amd64/minimal" in info.value.message
+
+
+def test_bad_source_date_epoch_is_one_line(tmp_path):
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    write(recipes, GOOD)
+    result = run_tool([os.path.join(TOP, "configure.py"), "--recipes", recipes,
+                       "--lockfiles", tmp_path / "lockfiles",
+                       "--builddir", tmp_path / "build"], cwd=tmp_path,
+                      env={**os.environ, "SOURCE_DATE_EPOCH": "abc"})
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "SOURCE_DATE_EPOCH='abc' is not a number" in result.stderr
+    assert not (tmp_path / "build").exists()
+
+
 def test_configure_reports_one_line_and_status_2(tmp_path):
     recipes = tmp_path / "recipes"
     recipes.mkdir()
