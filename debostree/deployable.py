@@ -26,6 +26,10 @@ What OSTree needs, and why each step is here:
   to ``sysroot/ostree``) exist, ``/boot`` is empty (the boot partition is
   mounted there), and ``/etc/machine-id`` is "uninitialized" so that each
   device makes its own.
+* No per-machine secret is shipped: SSH host keys, random seeds, the D-Bus
+  machine id and ssl-cert's snakeoil key pair are removed (each named in the
+  stage's log), and a tree with an SSH server gets a unit that makes the
+  device's own host keys at its first boot, before the server starts.
 
 The kernel part runs inside the sandbox (``dracut`` is the tree's own); the
 rearrangement runs on the host under the stage's fakeroot, so owners and
@@ -93,6 +97,67 @@ def kernel_script(dracut_modules):
     ]
 
 
+# Files that must differ on every device: a tree made once for many
+# machines never carries them (machine-id(5) is handled apart).
+MACHINE_SECRETS = ("/etc/ssh/ssh_host_*_key", "/etc/ssh/ssh_host_*_key.pub",
+                   "/var/lib/systemd/random-seed", "/var/lib/urandom/random-seed",
+                   "/var/lib/dbus/machine-id",
+                   "/etc/ssl/private/ssl-cert-snakeoil.key",
+                   "/etc/ssl/certs/ssl-cert-snakeoil.pem")
+SSH_KEYGEN_UNIT = "debostree-ssh-host-keys.service"
+SSH_KEYGEN_UNIT_TEXT = """\
+# Made by the image build: the image ships no SSH host keys (every device
+# would share them), so each device makes its own at its first boot.
+[Unit]
+Description=Generate this machine's SSH host keys
+ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
+Before=ssh.service ssh.socket
+After=local-fs.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+RemainAfterExit=yes
+"""
+
+
+def machine_secrets(target):
+    """The paths of MACHINE_SECRETS present in the tree at ``target``."""
+    import glob
+    found = []
+    for pattern in MACHINE_SECRETS:
+        directory, name = os.path.split(pattern)
+        if treepath.link_on_the_way(target, directory, including_last=True):
+            continue
+        found += sorted(directory + "/" + os.path.basename(p) for p in
+                        glob.glob(glob.escape(target + directory) + "/" + name)
+                        if not os.path.isdir(p) or os.path.islink(p))
+    return found
+
+
+def remove_machine_secrets(target):
+    """Remove what MACHINE_SECRETS names, saying so; with an SSH server in
+    the tree, enable the unit that makes the device's own host keys."""
+    for path in machine_secrets(target):
+        os.unlink(_at(target, path))
+        print(f"deployable: removed {path}, a per-machine secret "
+              "(each device makes its own)", flush=True)
+    if os.path.lexists(_at(target, "/usr/sbin/sshd")):
+        units = "/usr/lib/systemd/system"
+        os.makedirs(_at(target, units + "/multi-user.target.wants"),
+                    exist_ok=True)
+        unit = _at(target, units + "/" + SSH_KEYGEN_UNIT)
+        with open(unit, "w", encoding="utf-8") as f:
+            f.write(SSH_KEYGEN_UNIT_TEXT)
+        os.chmod(unit, 0o644)
+        wants = _at(target, f"{units}/multi-user.target.wants/{SSH_KEYGEN_UNIT}")
+        if os.path.lexists(wants):
+            os.unlink(wants)
+        os.symlink("../" + SSH_KEYGEN_UNIT, wants)
+        print(f"deployable: {SSH_KEYGEN_UNIT} makes the SSH host keys at the "
+              "first boot", flush=True)
+
+
 def rearrange(target):
     """The host-side part, run under the stage's fakeroot: see the module's
     docstring.  ``target`` is the tree's root directory."""
@@ -101,6 +166,7 @@ def rearrange(target):
                         hint="a tree is made deployable once, by the last stage")
     if not os.path.isdir(_at(target, "/etc")) or os.path.islink(_at(target, "/etc")):
         raise UserError("deployable: the tree has no /etc directory")
+    remove_machine_secrets(target)
     for path, link in DATA_LINKS:
         full = _at(target, path)
         if os.path.isdir(full) and not os.path.islink(full):

@@ -126,6 +126,9 @@ class GraphBuilder:
             + " --config $config $arch $version $out",
             "FETCH fakeroot library for $arch chroots"))
         g.rules.append(Rule(
+            "fsck", run("tools", "fsck") + " --config $config",
+            "FSCK", {"pool": "console"}))
+        g.rules.append(Rule(
             "missing_lockfile",
             "echo $message >&2; exit 1", "LOCKFILE $name"))
         self._regenerate()
@@ -198,6 +201,7 @@ class GraphBuilder:
                               + [self.p(self.config.config_path)]))
         g.builds.append(Build(["publish"], "phony", [stamp]))
         g.builds.append(Build(["pull-published"], "pull_published"))
+        g.builds.append(Build(["fsck"], "fsck"))
         g.defaults = defaults
         return g
 

@@ -175,8 +175,10 @@ def publish_branches(config, branches, settings):
         previous = target.rev_parse(branch)
         new = _new_commits(local_gi, published_gi, head)
         for commit in new:
-            proc.run(["ostree", "pull-local", f"--repo={target.path}",
-                      config.repo, commit])
+            # --untrusted: every object is checked against its checksum,
+            # so a corrupt object in the build repository is never served.
+            proc.run(["ostree", "pull-local", "--untrusted",
+                      f"--repo={target.path}", config.repo, commit])
         published_gi = target.open_gi()
         if kind:
             for commit in [head] + new:

@@ -158,6 +158,9 @@ class Stage:
                      tied=True)
             with open(os.path.join(self.work, "result.json")) as f:
                 result = json.load(f)
+            if os.path.exists(os.path.join(self.work, "warnings")):
+                with open(os.path.join(self.work, "warnings")) as f:
+                    sys.stderr.write(f.read())
             commit = result["commit"]
             out_manifest = self.out_path[:-len(".commit")] + ".manifest" \
                 if self.out_path.endswith(".commit") else self.out_path + ".manifest"
@@ -387,6 +390,16 @@ def inner(config_path, options_path, work):
                             hint="see the stage's log")
         proc.run(["umount", target])
     result_manifest = manifest.combine(target, stats, saved, xattrs)
+    if opts["kind"] == "run":
+        for path in deployable.machine_secrets(target):
+            if path not in base_manifest:
+                warning = (f"warning: {opts['recipe']}/{opts['stage']}: {path}: "
+                           "the stage left a per-machine secret in the tree; "
+                           "every device built from it would share it (a "
+                           "deployable stage removes it)")
+                print(warning, flush=True)
+                with open(os.path.join(work, "warnings"), "a") as f:
+                    f.write(warning + "\n")
     with timed("ids"):
         result_manifest = ids.keep(work, target, result_manifest)
     manifest.write(os.path.join(work, "result.manifest"), result_manifest)

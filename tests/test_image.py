@@ -23,6 +23,8 @@ pytestmark = [pytest.mark.network, pytest.mark.sandbox, pytest.mark.slow,
               pytest.mark.vm]
 
 BRANCH = "exampleos/trixie/amd64/server"
+# SSH host key fingerprints of each first boot of a copy of the image.
+HOST_KEYS = []
 PASSWORD = "Ex4mple-OS-t3st"
 
 
@@ -162,6 +164,15 @@ def sudo(machine, command, seconds=60):
                        seconds)
 
 
+def host_key(machine):
+    """The fingerprint of the machine's SSH host key, made at its first
+    boot (the image has none), with the SSH server running on it."""
+    code, out = machine.run("systemctl is-active ssh; "
+                            "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub", 60)
+    assert code == 0 and out.splitlines()[0].strip() == "active", out
+    return out.splitlines()[1].split()[1]
+
+
 def booted_commit(machine):
     status, text = machine.run("ostree admin status")
     assert status == 0, text
@@ -190,6 +201,7 @@ def test_image_boots_the_published_commit(project, tmp_path):
         code, var = machine.run("readlink /var/lib/dpkg; ls -d /home/admin; "
                                 "dpkg-query -W -f='${Status}' openssh-server")
         assert code == 0 and "install ok installed" in var, var
+        HOST_KEYS.append(host_key(machine))
     finally:
         machine.kill()
 
@@ -204,6 +216,10 @@ def test_upgrade_and_rollback(project, tmp_path):
     try:
         login(machine, first=True)
         assert booted_commit(machine)[0] == first
+        # Another copy of the image, another machine: its own host keys.
+        key = host_key(machine)
+        assert key not in HOST_KEYS
+        HOST_KEYS.append(key)
         # Local state that an upgrade must keep.
         code, out = sudo(machine, "echo local-change > /etc/debostree-test && "
                          "mkdir -p /var/lib/debostree-test && "

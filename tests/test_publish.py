@@ -187,6 +187,38 @@ def test_publish_unsigned_says_so(tmp_path):
     assert config.stdout.strip() == "archive-z2"
 
 
+def corrupt_one_file_object(repo):
+    """Flip the content of the largest file object of a bare-user repository,
+    as a disk error or a tampering hand would; returns its path."""
+    objects = [os.path.join(d, f) for d, _, names in os.walk(
+        os.path.join(repo, "objects")) for f in names if f.endswith(".file")]
+    victim = max(objects, key=os.path.getsize)
+    os.chmod(victim, 0o644)
+    with open(victim, "r+b") as f:
+        data = f.read()
+        f.seek(0)
+        f.write(bytes([data[0] ^ 0xFF]) + data[1:])
+    return victim
+
+
+def test_a_corrupt_object_is_never_published_and_fsck_finds_it(tmp_path):
+    project = Project(tmp_path)
+    project.build(V1, "one")
+    corrupt_one_file_object(project.config.repo)
+    result = project.publish()
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    published = os.path.join(project.config.builddir, "publish")
+    refs = sh(["ostree", "refs", f"--repo={published}"]).stdout \
+        if os.path.exists(os.path.join(published, "config")) else ""
+    assert BRANCH not in refs
+    check = run_tool([os.path.join(TOP, "tools", "fsck"), "--config",
+                      project.config.config_path])
+    assert check.returncode == 2, check.stdout + check.stderr
+    assert "has corrupt objects" in check.stderr
+    assert len(check.stderr.strip().splitlines()) == 1
+
+
 def serve_copy(tmp_path, published, name):
     copy = tmp_path / name
     shutil.copytree(published, copy, symlinks=True)

@@ -71,6 +71,17 @@ def test_tree_is_deployable(server):
             f"-> {target}"), paths[link]
     assert paths["/sysroot"].startswith("d")
     assert ostree(server, "cat", BRANCH, "/usr/etc/machine-id") == "uninitialized\n"
+    # No per-machine secret: the host keys are made at each device's first
+    # boot (test_image.py checks that), by a unit the build adds.
+    secrets = [p for p in paths if re.search(
+        r"ssh_host_|random-seed|snakeoil|/var/lib/dbus/machine-id", p)]
+    assert secrets == []
+    unit = "/usr/lib/systemd/system/debostree-ssh-host-keys.service"
+    assert "ExecStart=/usr/bin/ssh-keygen -A" in ostree(server, "cat", BRANCH, unit)
+    assert paths["/usr/lib/systemd/system/multi-user.target.wants/"
+                 "debostree-ssh-host-keys.service"].startswith("l")
+    log = (server / "build" / "logs" / "server" / "amd64" / "deployable.log").read_text()
+    assert "deployable: removed /etc/ssh/ssh_host_ed25519_key" in log
     tmpfiles = ostree(server, "cat", BRANCH, "/usr/lib/tmpfiles.d/debostree-var.conf")
     assert "L /var/lib/dpkg - - - - ../../usr/lib/sysimage/dpkg" in tmpfiles
     assert re.search(r"^d /var/home/admin 07[05]{2} 1000 1000 -$", tmpfiles, re.M)
@@ -138,3 +149,40 @@ def test_every_stage_passes_dpkg_audit_and_verify(server, tmp_path):
         audit, verify = dpkg_health(f"{server}/build/repo", ref, str(tmp_path))
         assert audit == "", (ref, audit)
         assert verify == [], (ref, verify)
+
+
+def test_another_user_in_another_directory_builds_the_same_tree(server, pool,
+                                                              tmp_path):
+    """The same ContentChecksum for the server's branch from a fresh build
+    directory, by another user when the suite runs as root (the shared pool
+    read by both)."""
+    import pwd
+    user = None
+    other = tmp_path / "other"
+    other.mkdir()
+    prefix = []
+    env = {"DEBOSTREE_PUBLISH_CONFIG": str(other / "none.yaml")}
+    if os.geteuid() == 0:
+        user = "debostree-test"
+        if subprocess.run(["id", user], capture_output=True).returncode != 0:
+            subprocess.run(["useradd", "--create-home", user], check=True)
+        info = pwd.getpwnam(user)
+        os.chown(other, info.pw_uid, info.pw_gid)
+        for parent in list(tmp_path.parents) + [tmp_path]:
+            if str(parent) not in ("/", "/tmp"):
+                os.chmod(parent, os.stat(parent).st_mode | 0o005)
+        for parent in [pool] + [str(p) for p in __import__("pathlib").Path(
+                pool).parents]:
+            if parent not in ("/", "/tmp"):
+                os.chmod(parent, os.stat(parent).st_mode | 0o005)
+        prefix = ["runuser", "-u", user, "--", "env", f"HOME={info.pw_dir}"]
+    run(prefix + [sys.executable, os.path.join(TOP, "configure.py"),
+                  "--builddir", str(other / "build"), "--pool", pool],
+        cwd=other, env=env)
+    run(prefix + ["ninja", "server/amd64"], cwd=other, env=env)
+
+    def content(work):
+        text = run(["ostree", f"--repo={work}/build/repo", "show", BRANCH]).stdout
+        return re.search(r"^ContentChecksum:\s+(\S+)", text, re.M).group(1)
+    assert content(other) == content(server)
+    remove_tree(other)

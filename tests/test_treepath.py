@@ -183,3 +183,28 @@ def test_deployable_refuses_what_leads_out(tmp_path, host, path):
         deployable.rearrange(str(tree))
     assert "symbolic link" in error.value.message
     assert host_intact(host)
+
+
+def test_deployable_removes_per_machine_secrets(tmp_path, capsys):
+    tree = deployable_tree(tmp_path)
+    (tree / "etc" / "ssh").mkdir()
+    for name in ("ssh_host_ed25519_key", "ssh_host_ed25519_key.pub",
+                 "ssh_host_rsa_key", "sshd_config"):
+        (tree / "etc" / "ssh" / name).write_text("x\n")
+    (tree / "var" / "lib" / "systemd").mkdir(parents=True)
+    (tree / "var" / "lib" / "systemd" / "random-seed").write_text("x\n")
+    (tree / "usr" / "sbin").mkdir(parents=True)
+    (tree / "usr" / "sbin" / "sshd").write_text("")
+    deployable.rearrange(str(tree))
+    assert sorted(os.listdir(tree / "usr/etc/ssh")) == ["sshd_config"]
+    assert "random-seed" not in (tree / "usr/lib/tmpfiles.d/debostree-var.conf"
+                                 ).read_text()
+    wants = tree / "usr/lib/systemd/system/multi-user.target.wants"
+    assert os.readlink(wants / deployable.SSH_KEYGEN_UNIT) == \
+        "../" + deployable.SSH_KEYGEN_UNIT
+    assert "ssh-keygen -A" in (tree / "usr/lib/systemd/system" /
+                               deployable.SSH_KEYGEN_UNIT).read_text()
+    out = capsys.readouterr().out
+    for path in ("/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_rsa_key",
+                 "/var/lib/systemd/random-seed"):
+        assert f"deployable: removed {path}," in out
