@@ -321,6 +321,11 @@ class ArchiveCache:
         self._releases[key] = (verified, release)
         return self._releases[key]
 
+    def release_dates(self):
+        """``{(archive name, suite): Date}`` of the Release files fetched."""
+        return {key: release.get("Date", "").strip()
+                for key, (_, release) in self._releases.items()}
+
     def indices(self, archive, arch):
         """All Packages indices of ``archive`` for ``arch``, verified and cached."""
         result = []

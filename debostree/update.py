@@ -9,6 +9,9 @@ so recipes are processed parents first.
 
 import os
 import sys
+from email.utils import parsedate_to_datetime
+
+from debian import deb822
 
 from . import archive, files, lockfile, proc, resolve
 from .errors import UserError, display_path
@@ -48,8 +51,9 @@ def stage_order(recipes):
     return order
 
 
-def resolve_all(recipes, mirrors, cache_dir, out=sys.stderr):
-    """Resolve every recipe; return ``{(recipe name, arch): lockfile text}``."""
+def resolve_all(recipes, mirrors, cache_dir, out=sys.stderr, releases=None):
+    """Resolve every recipe; return ``{(recipe name, arch): lockfile text}``.
+    ``releases``, a dict, receives the Date of every Release file used."""
     by_name = {r.name: r for r in recipes}
     archive_cache = archive.ArchiveCache(os.path.join(cache_dir, "archives"),
                                          mirrors)
@@ -87,6 +91,8 @@ def resolve_all(recipes, mirrors, cache_dir, out=sys.stderr):
                 roots[key], stage.for_arch(arch), state, context)
             states[(recipe.name, stage.name, arch)] = new_state
             locked[key].extend(installed)
+    if releases is not None:
+        releases.update(archive_cache.release_dates())
     return {key: lockfile.render(packages) for key, packages in locked.items()}
 
 
@@ -94,13 +100,64 @@ def host_architecture():
     return proc.run(["dpkg", "--print-architecture"], capture=True).stdout.strip()
 
 
+RELEASES_FILE = "releases"
+
+
+def read_release_dates(lockfile_dir):
+    """``{(archive, suite): Date}`` the lockfiles were last made from."""
+    path = os.path.join(lockfile_dir, RELEASES_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return {(p["Archive"], p["Suite"]): p["Date"]
+                    for p in deb822.Deb822.iter_paragraphs(f)
+                    if p.get("Archive") and p.get("Suite") and p.get("Date")}
+    except FileNotFoundError:
+        return {}
+    except (UnicodeDecodeError, ValueError) as error:
+        raise UserError(f"unreadable: {error}", path=path,
+                        hint="restore it from git, or delete it")
+
+
+def check_release_dates(recorded, fetched, allow_downgrade=False):
+    """Refuse a Release older than the one the lockfiles were made from: a
+    mirror replaying old (still validly signed) files would downgrade
+    packages."""
+    for key in sorted(fetched.keys() & recorded.keys()):
+        try:
+            new = parsedate_to_datetime(fetched[key])
+            old = parsedate_to_datetime(recorded[key])
+        except (TypeError, ValueError):
+            continue
+        if new < old and not allow_downgrade:
+            raise UserError(
+                f"archive '{key[0]}' suite '{key[1]}': the mirror's Release is "
+                f"dated {fetched[key]}, older than the {recorded[key]} the "
+                "lockfiles were made from; refusing to go back",
+                hint="a stale or replayed mirror; if going back is meant, run "
+                "tools/update-lockfiles --config build/config.json "
+                "--allow-downgrade")
+
+
+def write_release_dates(lockfile_dir, recorded, fetched):
+    merged = {**recorded, **fetched}
+    text = "\n".join(f"Archive: {a}\nSuite: {s}\nDate: {d}\n"
+                     for (a, s), d in sorted(merged.items()) if d)
+    files.write_if_changed(os.path.join(lockfile_dir, RELEASES_FILE), text)
+
+
 def update_lockfiles(recipes, lockfile_dir, mirrors, cache_dir, check=False,
-                     out=sys.stdout):
+                     out=sys.stdout, allow_downgrade=False):
     """Rewrite changed lockfiles (or, with ``check``, only report them).
 
-    Returns the number of lockfiles that changed (or would change).
+    Returns the number of lockfiles that changed (or would change).  The
+    Release dates they were made from go to ``lockfiles/releases``
+    (rewritten only with a lockfile, so a night without package changes
+    changes nothing), and no Release older than those is accepted.
     """
-    texts = resolve_all(recipes, mirrors, cache_dir)
+    fetched = {}
+    texts = resolve_all(recipes, mirrors, cache_dir, releases=fetched)
+    recorded = read_release_dates(lockfile_dir)
+    check_release_dates(recorded, fetched, allow_downgrade)
     changed = 0
     for (name, arch), text in sorted(texts.items()):
         path = os.path.join(lockfile_dir, lockfile.lockfile_name(name, arch))
@@ -125,6 +182,8 @@ def update_lockfiles(recipes, lockfile_dir, mirrors, cache_dir, check=False,
             print(line, file=out)
         if not check:
             files.write_if_changed(path, text)
+    if not check and (changed or not recorded):
+        write_release_dates(lockfile_dir, recorded, fetched)
     # Lockfiles whose recipe or architecture is gone are left for the user
     # to delete, but named, since configure ignores them.
     wanted = {lockfile.lockfile_name(n, a) for n, a in texts}

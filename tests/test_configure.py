@@ -90,6 +90,27 @@ def test_lockfile_workflow(project):
     assert result.stdout.count("FETCH ") == 1 and "FETCH libfoo 3.0" in result.stdout
 
 
+def test_a_replayed_older_release_is_refused(project):
+    """A mirror serving an older (validly signed) Release than the one the
+    lockfiles were made from would downgrade packages: refused, naming both
+    dates, unless asked for."""
+    import time
+    work, arc = project
+    assert ninja(work, "update-lockfiles").returncode == 0
+    releases = (work / "lockfiles" / "releases").read_text()
+    assert "Archive: test\nSuite: stable\nDate: " in releases
+    arc.publish(date=time.time() - 30 * 86400)
+    result = ninja(work, "update-lockfiles")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "archive 'test' suite 'stable': the mirror's Release is dated" in output
+    assert "older than the" in output and "--allow-downgrade" in output
+    assert (work / "lockfiles" / "releases").read_text() == releases
+    result = run_tool([os.path.join(TOP, "tools", "update-lockfiles"), "--config",
+                       "build/config.json", "--allow-downgrade"], cwd=work)
+    assert result.returncode == 0, result.stderr
+
+
 def test_stale_lockfile_is_caught_by_configure(project):
     """A recipe edited past its lockfile: configure says so, the recipe's
     build fails with that line, and the fix ('ninja update-lockfiles', which
