@@ -7,6 +7,7 @@ test_server.py, which builds it."""
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,20 +22,34 @@ pytestmark = [pytest.mark.network, pytest.mark.sandbox, pytest.mark.slow,
 DEFAULTS = ("minimal", "bookworm")
 
 
-def run(argv, cwd):
+# Both builds of the reproducibility test use it, so their commits (dates
+# included) must be equal, not only their trees.
+EPOCH = {"SOURCE_DATE_EPOCH": "1767225600"}
+
+
+def run(argv, cwd, env=None, user=None):
+    if user:
+        argv = ["runuser", "-u", user, "--", "env",
+                *[f"{k}={v}" for k, v in (env or {}).items()]] + argv
     result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL,
+                            env={**os.environ, **(env or {})})
     assert result.returncode == 0, (argv, result.stdout[-4000:],
                                     result.stderr[-4000:])
     return result
 
 
+def build(work, pool, user=None, env=None):
+    env = {**EPOCH, **(env or {})}
+    run([sys.executable, os.path.join(TOP, "configure.py"), "--builddir",
+         str(work / "build"), "--pool", pool], work, env, user)
+    run(["ninja"] + list(DEFAULTS), work, env, user)
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, pool):
     work = tmp_path_factory.mktemp("defaults")
-    run([sys.executable, os.path.join(TOP, "configure.py"), "--builddir",
-         str(work / "build"), "--pool", pool], work)
-    run(["ninja"] + list(DEFAULTS), work)
+    build(work, pool)
     yield work
     remove_tree(work)
 
@@ -56,6 +71,37 @@ def test_every_stage_passes_dpkg_audit_and_verify(built, name, tmp_path):
         assert verify == [], (ref, verify)
         checked.append(ref)
     assert len(checked) >= 4
+
+
+def test_another_user_elsewhere_builds_the_same_commits(built, pool, tmp_path):
+    """Every default recipe's final commits, rebuilt in a fresh directory (by
+    another user when the suite runs as root), with the same
+    SOURCE_DATE_EPOCH: the same commits, so the same trees."""
+    import pwd
+    other = tmp_path / "other"
+    other.mkdir()
+    user, env = None, {}
+    if os.geteuid() == 0:
+        user = "debostree-test"
+        if subprocess.run(["id", user], capture_output=True).returncode != 0:
+            subprocess.run(["useradd", "--create-home", user], check=True)
+        info = pwd.getpwnam(user)
+        os.chown(other, info.pw_uid, info.pw_gid)
+        env = {"HOME": info.pw_dir}
+        for path in [tmp_path, *tmp_path.parents, *Path(pool).parents]:
+            if str(path) not in ("/", "/tmp"):
+                os.chmod(path, os.stat(path).st_mode | 0o005)
+    build(other, pool, user, env)
+    refs = [recipes.load_recipe(os.path.join(TOP, "recipes", f"{n}.yaml"))
+            .ref_for(a) for n in DEFAULTS for a in recipes.load_recipe(
+                os.path.join(TOP, "recipes", f"{n}.yaml")).architectures]
+    assert len(refs) == 3
+
+    def commits(work):
+        return [run(["ostree", f"--repo={work}/build/repo", "rev-parse", ref],
+                    work).stdout.strip() for ref in refs]
+    assert commits(other) == commits(built)
+    remove_tree(other)
 
 
 def test_the_check_sees_a_changed_file(built, tmp_path):
