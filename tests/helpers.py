@@ -186,3 +186,26 @@ def made_at_boot(tree, path):
                     linked.add(fields[1])
     return any(p == path or p.startswith(path + "/") for p in made) or \
         any(path.startswith(p + "/") for p in linked)
+
+
+OTHER_USER = "debostree-test"
+
+
+def other_user_dir(directory, readable=()):
+    """Make ``directory`` for a build by another user when the suite runs
+    as root (created if needed, ``readable`` paths and their parents opened
+    to them); returns ``(user or None, environment for that user)``."""
+    import pwd
+    from pathlib import Path
+    os.makedirs(directory, exist_ok=True)
+    if os.geteuid() != 0:
+        return None, {}
+    if subprocess.run(["id", OTHER_USER], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "--create-home", OTHER_USER], check=True)
+    info = pwd.getpwnam(OTHER_USER)
+    os.chown(directory, info.pw_uid, info.pw_gid)
+    for path in [Path(directory).parent, *Path(directory).parents,
+                 *[q for p in readable for q in (Path(p), *Path(p).parents)]]:
+        if str(path) not in ("/", "/tmp"):
+            os.chmod(path, os.stat(path).st_mode | 0o005)
+    return OTHER_USER, {"HOME": info.pw_dir}

@@ -7,14 +7,13 @@ test_server.py, which builds it."""
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from conftest import TOP, remove_tree
 from debostree import ostree as ostree_refs
 from debostree import recipe as recipes
-from helpers import dpkg_health, dpkg_health_of_tree
+from helpers import dpkg_health, dpkg_health_of_tree, other_user_dir
 
 pytestmark = [pytest.mark.network, pytest.mark.sandbox, pytest.mark.slow,
               pytest.mark.qemu]
@@ -77,20 +76,8 @@ def test_another_user_elsewhere_builds_the_same_commits(built, pool, tmp_path):
     """Every default recipe's final commits, rebuilt in a fresh directory (by
     another user when the suite runs as root), with the same
     SOURCE_DATE_EPOCH: the same commits, so the same trees."""
-    import pwd
     other = tmp_path / "other"
-    other.mkdir()
-    user, env = None, {}
-    if os.geteuid() == 0:
-        user = "debostree-test"
-        if subprocess.run(["id", user], capture_output=True).returncode != 0:
-            subprocess.run(["useradd", "--create-home", user], check=True)
-        info = pwd.getpwnam(user)
-        os.chown(other, info.pw_uid, info.pw_gid)
-        env = {"HOME": info.pw_dir}
-        for path in [tmp_path, *tmp_path.parents, *Path(pool).parents]:
-            if str(path) not in ("/", "/tmp"):
-                os.chmod(path, os.stat(path).st_mode | 0o005)
+    user, env = other_user_dir(other, readable=[pool])
     build(other, pool, user, env)
     refs = [recipes.load_recipe(os.path.join(TOP, "recipes", f"{n}.yaml"))
             .ref_for(a) for n in DEFAULTS for a in recipes.load_recipe(

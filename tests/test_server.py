@@ -156,26 +156,12 @@ def test_another_user_in_another_directory_builds_the_same_tree(server, pool,
     """The same ContentChecksum for the server's branch from a fresh build
     directory, by another user when the suite runs as root (the shared pool
     read by both)."""
-    import pwd
-    user = None
+    from helpers import other_user_dir
     other = tmp_path / "other"
-    other.mkdir()
-    prefix = []
-    env = {"DEBOSTREE_PUBLISH_CONFIG": str(other / "none.yaml")}
-    if os.geteuid() == 0:
-        user = "debostree-test"
-        if subprocess.run(["id", user], capture_output=True).returncode != 0:
-            subprocess.run(["useradd", "--create-home", user], check=True)
-        info = pwd.getpwnam(user)
-        os.chown(other, info.pw_uid, info.pw_gid)
-        for parent in list(tmp_path.parents) + [tmp_path]:
-            if str(parent) not in ("/", "/tmp"):
-                os.chmod(parent, os.stat(parent).st_mode | 0o005)
-        for parent in [pool] + [str(p) for p in __import__("pathlib").Path(
-                pool).parents]:
-            if parent not in ("/", "/tmp"):
-                os.chmod(parent, os.stat(parent).st_mode | 0o005)
-        prefix = ["runuser", "-u", user, "--", "env", f"HOME={info.pw_dir}"]
+    user, user_env = other_user_dir(other, readable=[pool])
+    env = {"DEBOSTREE_PUBLISH_CONFIG": str(other / "none.yaml"), **user_env}
+    prefix = ["runuser", "-u", user, "--", "env",
+              *[f"{k}={v}" for k, v in env.items()]] if user else []
     run(prefix + [sys.executable, os.path.join(TOP, "configure.py"),
                   "--builddir", str(other / "build"), "--pool", pool],
         cwd=other, env=env)
