@@ -237,6 +237,35 @@ def test_bad_source_date_epoch_is_one_line(tmp_path):
     assert not (tmp_path / "build").exists()
 
 
+def test_a_failed_configure_writes_nothing(tmp_path):
+    """Options files are inputs of stage edges: a configure that fails must
+    leave the last good ones (and build.ninja) as they were."""
+    import shutil
+    recipes = tmp_path / "recipes"
+    (recipes / "files").mkdir(parents=True)
+    (tmp_path / "lockfiles").mkdir()
+    shutil.copy(os.path.join(TOP, "recipes", "bookworm.yaml"), recipes)
+    shutil.copy(os.path.join(TOP, "recipes", "files", "motd"), recipes / "files")
+    shutil.copy(os.path.join(TOP, "lockfiles", "bookworm.amd64.lock"),
+                tmp_path / "lockfiles")
+    argv = [os.path.join(TOP, "configure.py"), "--recipes", recipes,
+            "--lockfiles", tmp_path / "lockfiles", "--builddir", tmp_path / "build"]
+    assert run_tool(argv, cwd=tmp_path).returncode == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "build").rglob("*.json")}
+    assert len([p for p in before if p.name.endswith(".options.json")]) >= 4
+    ninja_file = (tmp_path / "build.ninja").read_bytes()
+    recipe_file = recipes / "bookworm.yaml"
+    recipe_file.write_text(recipe_file.read_text().replace(
+        "useradd --create-home", "useradd --system --create-home"))
+    result = run_tool(argv, cwd=tmp_path, env={"SOURCE_DATE_EPOCH": "soon"})
+    assert result.returncode == 2
+    assert {p: p.read_bytes() for p in (tmp_path / "build").rglob("*.json")} == before
+    assert (tmp_path / "build.ninja").read_bytes() == ninja_file
+    # And the same change with a good environment is written.
+    assert run_tool(argv, cwd=tmp_path).returncode == 0
+    assert {p: p.read_bytes() for p in (tmp_path / "build").rglob("*.json")} != before
+
+
 def test_configure_reports_one_line_and_status_2(tmp_path):
     recipes = tmp_path / "recipes"
     recipes.mkdir()
