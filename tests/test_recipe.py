@@ -264,6 +264,12 @@ def test_a_failed_configure_writes_nothing(tmp_path):
     # And the same change with a good environment is written.
     assert run_tool(argv, cwd=tmp_path).returncode == 0
     assert {p: p.read_bytes() for p in (tmp_path / "build").rglob("*.json")} != before
+    # A failure as late as writing build.ninja (a build directory whose
+    # name ninja cannot hold): still no options file.
+    bad = tmp_path / "bu\nild"
+    result = run_tool(argv[:-1] + [bad], cwd=tmp_path)
+    assert result.returncode == 2 and "newline" in result.stderr
+    assert not list(bad.rglob("*.options.json")) if bad.exists() else True
 
 
 def test_configure_reports_one_line_and_status_2(tmp_path):
