@@ -35,6 +35,7 @@ stages:
       ln -s {host}/copy /srv/x
       mkdir -p /opt/inside && ln -s /opt/inside /srv/y
       mv /usr/sbin /usr/sbin.real && ln -s {host}/sbin /usr/sbin
+      mkdir -p /etc/ssh && echo secret > /etc/ssh/ssh_host_test_key
   - name: files
     copy:
       - {{src: motd, dest: /srv/y/motd, owner: 0, group: 0}}
@@ -104,7 +105,10 @@ def project(tmp_path_factory, pool):
 def test_hostile_stages_stay_inside(project):
     project, host, _ = project
     before = host_state(host)
-    run(["ninja", "esc"], project)
+    result = run(["ninja", "esc"], project)
+    # A per-machine secret left by a run stage is named.
+    assert "warning: esc/plant: /etc/ssh/ssh_host_test_key: the stage left a " \
+        "per-machine secret" in result.stdout + result.stderr
     assert host_state(host) == before, "a host file changed"
     assert not list((host / "copy").iterdir())
     # The links are the tree's, as planted; the copy followed /srv/x inside.
