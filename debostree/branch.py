@@ -24,8 +24,11 @@ from .stagerun import read_commit_file
 
 
 def source_revision(top):
-    result = proc.run(["git", "-C", top, "describe", "--always", "--dirty",
-                       "--abbrev=12"], capture=True, check=False)
+    # safe.directory: another user's checkout (git refuses to read it
+    # otherwise) must give the same revision, hence the same commits.
+    result = proc.run(["git", "-c", f"safe.directory={top}", "-C", top,
+                       "describe", "--always", "--dirty", "--abbrev=12"],
+                      capture=True, check=False)
     return result.stdout.strip() if result.returncode == 0 else "unknown"
 
 
@@ -110,7 +113,9 @@ def parent_commit(config, repo, gi_repo, branch):
     if local and _is_ancestor(gi_repo, published, local):
         return local
     # The published head is the history devices follow: continue it.
-    proc.run(["ostree", "pull-local", "--untrusted", f"--repo={config.repo}",
+    # Not --untrusted: publishing checked each of these objects (and see
+    # image.py for what it does from an archive repository).
+    proc.run(["ostree", "pull-local", f"--repo={config.repo}",
               published_repo.path, published])
     print(f"{branch}: continuing the published history at {published}")
     return published

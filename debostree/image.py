@@ -203,8 +203,12 @@ def inner(config_path, options_path, commit, work):
     # From the published repository: an archive repository keeps owners in
     # its files (fakeroot hides the build repository's xattrs), and the
     # image starts from a commit devices can upgrade from.
-    run(["ostree", "pull-local", "--untrusted", f"--repo={repo}",
-         f"--remote={osname}", os.path.join(config.builddir, "publish"), commit])
+    # Not --untrusted: the published repository's objects were each checked
+    # when publishing copied them in, and with it ostree 2022.7's pull-local
+    # from this archive repository into the bare sysroot was seen to leave
+    # objects out (the deploy then failed).
+    run(["ostree", "pull-local", f"--repo={repo}", f"--remote={osname}",
+         os.path.join(config.builddir, "publish"), commit])
     run(["ostree", "refs", f"--repo={repo}", f"--create={osname}:{branch}", commit])
     # --karg-append: arguments given twice (console=...) are all kept.
     kargs = ["--karg=root=LABEL=root", "--karg=rw"] + \

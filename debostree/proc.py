@@ -28,6 +28,27 @@ def _tail(text, lines=TAIL_LINES):
     return "\n".join(text.rstrip("\n").splitlines()[-lines:])
 
 
+def die_with(pid, interval=0.5):
+    """Kill this process (and, through ``tied`` commands and their
+    namespaces, what it started) when process ``pid`` ends.  ninja runs a
+    command through ``sh -c``, so the parent-death signal alone fires only
+    when that shell ends, not when ninja is killed."""
+    import threading
+    import time
+
+    def watch():
+        while True:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                state = "X"
+            if state in ("Z", "X"):
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(interval)
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def run(argv, *, log=None, capture=False, cwd=None, env=None, input=None,
         check=True, tied=False):
     """Run ``argv``.

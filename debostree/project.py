@@ -78,7 +78,7 @@ def _process(pid):
     return name, fields[19]
 
 
-def _ninja_ancestor(levels=3):
+def ninja_ancestor(levels=3):
     """The pid of the ninja that runs this command (through ``sh -c``), or
     None."""
     pid = os.getppid()
@@ -103,7 +103,7 @@ def claim_builddir(builddir, parent=None):
     commands run in it (pid and start time, under a lock); a command whose
     parent is not a ninja (run by hand) is not checked."""
     import fcntl
-    parent = parent or _ninja_ancestor()
+    parent = parent or ninja_ancestor()
     me = parent and _process(parent)
     if not me or me[0] != "ninja":
         return

@@ -28,7 +28,7 @@ import time
 from . import (debimport, deployable, dpkgorder, files, ids, manifest, native,
                ostree, proc, sandbox, sandboxlib, treepath)
 from .errors import UserError
-from .project import load_config
+from .project import load_config, ninja_ancestor
 
 # What a stage never leaves in a tree: logs, caches and backups that differ
 # from run to run (documented in docs/recipes.md).
@@ -925,6 +925,9 @@ def cli(kind):
         # A stage ends with the ninja that runs it (and, through the
         # namespaces, everything it started).
         proc.die_with_parent()
+        ninja = ninja_ancestor()
+        if ninja:
+            proc.die_with(ninja)
         stage = Stage(args.config, args.options, args.parent, args.out)
         if stage.opts["kind"] != kind:
             raise UserError(f"options are for a '{stage.opts['kind']}' stage")
