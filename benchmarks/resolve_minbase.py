@@ -22,7 +22,7 @@ import time
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, TOP)
 
-from debostree import archive, lockfile, mirrors, recipe, resolve  # noqa: E402
+from debostree import archive, kinds, lockfile, mirrors, recipe, resolve  # noqa: E402
 
 
 def main():
@@ -37,14 +37,14 @@ def main():
     cache = archive.ArchiveCache(os.path.join(args.cache, "archives"),
                                  mirrors.Mirrors())
     indices = [i for a in archives for i in cache.indices(a, args.arch)]
-    stage = recipe.Stage("base", "bootstrap", {"variant": "required",
-                                               "packages": ()})
+    stage = recipe.Stage("base", "bootstrap",
+                         kinds.bootstrap.BootstrapSpec("required", ()))
     workdir = tempfile.mkdtemp(prefix="bench-resolve-")
     root = resolve.AptRoot(os.path.join(workdir, "root"), args.arch, indices)
 
     def ours():
-        _, installed = resolve.resolve_stage(root, stage, resolve.StageState(),
-                                             "benchmark")
+        _, installed = kinds.resolve_stage(root, stage, resolve.StageState(),
+                                           "benchmark")
         return installed
 
     installed = ours()

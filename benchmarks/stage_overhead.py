@@ -19,21 +19,23 @@ from common import PYTHON, TOP, median, timed
 sys.path.insert(0, TOP)
 
 from debostree.project import load_config  # noqa: E402
+from debostree.stagefiles import StageFiles  # noqa: E402
 
 
 def main():
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     config = load_config(os.path.join(TOP, "build", "config.json"))
-    stages = os.path.join(config.builddir, "stages", "minimal", "amd64")
-    options_path = os.path.join(stages, "users.options.json")
+    users = StageFiles.of(config.builddir, "minimal", "amd64", "users")
+    base = StageFiles.of(config.builddir, "minimal", "amd64", "base")
+    options_path = users.options
     with open(options_path) as f:
         original = f.read()
     import json
     options = json.loads(original)
-    parent = open(os.path.join(stages, "base.commit")).read().strip()
+    parent = open(base.commit).read().strip()
     stage_argv = [PYTHON, os.path.join(TOP, "stages", "run"), "--config",
                   config.config_path, "--options", options_path, "--parent",
-                  os.path.join(stages, "base.commit"), "--out",
+                  base.commit, "--out",
                   os.path.join(tempfile.mkdtemp(), "bench.commit")]
     work = tempfile.mkdtemp(prefix="bench-stage-", dir=config.builddir)
     ours, cold, reference = [], [], []

@@ -15,7 +15,6 @@ import hashlib
 import http.client
 import lzma
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -51,18 +50,37 @@ def log(message):
     print(message, file=sys.stderr, flush=True)
 
 
+class FetchError(UserError):
+    """A URL could not be opened.  ``status``: the HTTP status, if any;
+    ``missing``: the server (or the file system) says there is no such
+    file, which no retry changes."""
+
+    def __init__(self, message, *, status=None, missing=False):
+        self.status = status
+        self.missing = missing
+        super().__init__(message)
+
+    @property
+    def permanent(self):
+        return self.missing or (self.status is not None
+                                and 400 <= self.status < 500)
+
+
 def open_url(url):
-    """Open ``url`` for reading; raise UserError for HTTP and network errors."""
+    """Open ``url`` for reading; raise FetchError for HTTP and network errors."""
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
         return urllib.request.urlopen(request, timeout=TIMEOUT)
     except urllib.error.HTTPError as error:
-        raise UserError(f"{url}: HTTP {error.code} {error.reason}")
+        raise FetchError(f"{url}: HTTP {error.code} {error.reason}",
+                         status=error.code, missing=error.code in (404, 410))
     except urllib.error.URLError as error:
         reason = getattr(error.reason, "strerror", None) or error.reason
-        raise UserError(f"{url}: {reason}")
+        raise FetchError(f"{url}: {reason}", missing=isinstance(
+            error.reason, FileNotFoundError))
     except OSError as error:
-        raise UserError(f"{url}: {error}")
+        raise FetchError(f"{url}: {error}",
+                         missing=isinstance(error, FileNotFoundError))
 
 
 # A transfer that delivers less than STALL_BYTES in STALL_SECONDS is given
@@ -87,8 +105,8 @@ def _transfer(url, write, *, limit, what):
     size = 0
     try:
         response = open_url(url)
-    except UserError as error:
-        if re.search(r"HTTP 4\d\d", error.message) or url.startswith("file:"):
+    except FetchError as error:
+        if error.permanent or url.startswith("file:"):
             raise
         raise _Transient(error.message)
     with response:
@@ -287,8 +305,8 @@ class ArchiveCache:
                 with open(inrelease, "wb") as f:
                     f.write(fetch_bytes(f"{base}/dists/{suite}/InRelease"))
                 detached = None
-            except UserError as error:
-                if "HTTP 404" not in str(error) and "No such file" not in str(error):
+            except FetchError as error:
+                if not error.missing:
                     raise
                 # No InRelease: try the older Release + Release.gpg pair.
                 try:

@@ -78,7 +78,7 @@ def commit_branch(config_path, options_path, stage_path, out_path):
     if not previous:
         body = f"First commit: {len(changes.added)} packages"
     elif changes:
-        body = "\n".join(changes.lines())
+        body = "\n".join(history.lines(changes))
     else:
         body = "Packages: unchanged (files or settings changed)"
     argv = ["ostree", "commit", f"--repo={config.repo}", f"--branch={branch}",

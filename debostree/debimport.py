@@ -81,6 +81,7 @@ def pathname_filter(moved):
 
 
 def _tar_stream(deb, flag):
+    # Not proc.run: the tar is streamed into its reader, never held whole.
     return subprocess.Popen(["dpkg-deb", flag, deb], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
 
@@ -204,6 +205,8 @@ def import_deb(repo_path, deb, sha256, summary_path, tmp_root, expect=None):
         entries = {}
         data_tar = os.path.join(tmp, "data.tar")
         with open(data_tar, "wb") as out:
+            # Not proc.run: standard output goes to the file, apart from
+            # the error messages.
             result = subprocess.run(["dpkg-deb", "--fsys-tarfile", deb],
                                     stdout=out, stderr=subprocess.PIPE)
         if result.returncode != 0:

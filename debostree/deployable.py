@@ -41,7 +41,7 @@ import errno
 import os
 import shutil
 
-from . import treepath
+from . import files, treepath
 from .errors import UserError
 
 TMPFILES = "/usr/lib/tmpfiles.d/debostree-var.conf"
@@ -204,13 +204,13 @@ def rearrange(target):
     boot = _at(target, "/boot")
     if os.path.isdir(boot):
         for name in os.listdir(boot):
-            _remove(os.path.join(boot, name))
+            files.remove_tree(os.path.join(boot, name))
     else:
         os.mkdir(boot, 0o755)
     if not os.path.isdir(_at(target, "/sysroot")):
         os.mkdir(_at(target, "/sysroot"), 0o755)
     if os.path.lexists(_at(target, "/ostree")):
-        _remove(_at(target, "/ostree"))
+        files.remove_tree(_at(target, "/ostree"))
     os.symlink("sysroot/ostree", _at(target, "/ostree"))
 
 
@@ -302,7 +302,7 @@ def _var_to_tmpfiles(target):
                 os.rename(full, kept)
                 lines.append(f"C {_quote(path)} - - - - {_quote(FACTORY + path)}")
     for name in os.listdir(var):
-        _remove(os.path.join(var, name))
+        files.remove_tree(os.path.join(var, name))
     return lines
 
 
@@ -333,7 +333,7 @@ def _move(src, dest):
     if os.path.islink(src):
         # Never entered: a link is moved as the link it is.
         if os.path.lexists(dest):
-            _remove(dest)
+            files.remove_tree(dest)
         os.rename(src, dest)
         return
     merge = os.path.isdir(dest) and not os.path.islink(dest)
@@ -356,10 +356,3 @@ def _move(src, dest):
         _move(os.path.join(src, name), os.path.join(dest, name))
     os.rmdir(src)
     os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-
-
-def _remove(path):
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)

@@ -42,7 +42,7 @@ MERGED_USR = "usr-is-merged"
 
 
 def _full_name(pkg):
-    return f"{pkg['name']}:{pkg['arch']}"
+    return f"{pkg.name}:{pkg.arch}"
 
 
 class _AptDir:
@@ -56,12 +56,12 @@ class _AptDir:
         os.makedirs(source, exist_ok=True)
         self.by_file = {}
         with open(os.path.join(source, "Packages"), "w", encoding="utf-8") as f:
-            f.write("\n".join(p["stanza"].rstrip("\n") + "\n" for p in packages))
+            f.write("\n".join(p.stanza.rstrip("\n") + "\n" for p in packages))
         for pkg in packages:
-            link = os.path.join(source, pkg["filename"])
+            link = os.path.join(source, pkg.filename)
             os.makedirs(os.path.dirname(link), exist_ok=True)
             if not os.path.lexists(link):
-                os.symlink(pkg["pool_path"], link)
+                os.symlink(pkg.pool_path, link)
             self.by_file[os.path.normpath(link)] = pkg
         self.status = os.path.join(self.dir, "status")
         with open(os.path.join(self.dir, "sources.list"), "w") as f:
@@ -80,7 +80,7 @@ class _AptDir:
                 f.write(f"Package: {MERGED_USR}\nStatus: install ok installed\n"
                         "Version: 1\nArchitecture: all\nMulti-Arch: foreign\n\n")
             for pkg in packages:
-                lines = pkg["stanza"].rstrip("\n").split("\n")
+                lines = pkg.stanza.rstrip("\n").split("\n")
                 f.write("\n".join([lines[0], "Status: install ok installed"] +
                                   lines[1:]) + "\n\n")
 
@@ -89,7 +89,8 @@ class _AptDir:
         # instead of a temporary directory of links, in the same order.
         argv = ["apt-get", "--yes", "-oDebug::pkgDpkgPm=1",
                 "-odpkg::install::recursive::minimum=1000000"] + list(args)
-        # The dpkg calls are printed on standard error.
+        # The dpkg calls are printed on standard error, interleaved with the
+        # rest: not proc.run, which keeps the two apart.
         result = subprocess.run(argv, env={**os.environ, "LC_ALL": "C",
                                            "APT_CONFIG": self.config},
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -124,7 +125,7 @@ def _replay(apt_dir, calls, done):
     for args in calls:
         if "--unpack" in args or "--install" in args:
             pkgs = [apt_dir.package_of(a) for a in args if a.endswith(".deb")]
-            steps.append(["preinst", [p["dpkg_name"] for p in pkgs]])
+            steps.append(["preinst", [p.dpkg_name for p in pkgs]])
             done.extend(pkgs)
         else:
             steps.append(["dpkg", args])
@@ -135,10 +136,9 @@ def plan(packages, arch, variant, requests, work):
     """The bootstrap's steps, in order: ``["preinst", [DPKG_NAME, ...]]``
     (run each package's ``preinst install``) and ``["dpkg", [ARG, ...]]``
     (run dpkg with these arguments).  ``packages``: the stage's locked
-    packages (dicts with name, arch, dpkg_name, filename, pool_path and
-    stanza); ``requests``: the recipe's extra packages, as apt arguments."""
+    packages (kinds.base.PackageFile, with dpkg_name); ``requests``: the recipe's extra packages, as apt arguments."""
     apt_dir = _AptDir(work, arch, packages, force_essential=variant == "apt")
-    names = {p["name"] for p in packages}
+    names = {p.name for p in packages}
     merged_usr = variant != "custom" and MERGED_USR in names
     apt_dir.set_installed([], dummy_merged_usr=merged_usr)
     if variant == "custom":
@@ -155,11 +155,11 @@ def plan(packages, arch, variant, requests, work):
              if a.endswith(".deb")]
     if first:
         # One "dpkg --install --force-depends" of them all, as mmdebstrap.
-        steps.append(["preinst", [p["dpkg_name"] for p in first]])
+        steps.append(["preinst", [p.dpkg_name for p in first]])
         steps.append(["dpkg", ["--configure", "--force-depends"] +
                       [_full_name(p) for p in first]])
         done.extend(first)
-    if merged_usr and MERGED_USR not in {p["name"] for p in done}:
+    if merged_usr and MERGED_USR not in {p.name for p in done}:
         apt_dir.set_installed(done, dummy_merged_usr=True)
         steps += _replay(apt_dir, apt_dir.calls(["install", MERGED_USR]), done)
     # mmdebstrap's arguments, in its order: the extra packages, then the
@@ -171,9 +171,9 @@ def plan(packages, arch, variant, requests, work):
         apt_dir.set_installed(done)
         steps += _replay(apt_dir, apt_dir.calls(["install"] + rest), done)
     left = [p for p in packages
-            if p["dpkg_name"] not in {d["dpkg_name"] for d in done}]
+            if p.dpkg_name not in {d.dpkg_name for d in done}]
     if left:
         # Nothing should be left; if apt's answer and the lockfile ever
         # differ, the rest still gets its preinst, and configure -a follows.
-        steps.append(["preinst", [p["dpkg_name"] for p in left]])
+        steps.append(["preinst", [p.dpkg_name for p in left]])
     return steps

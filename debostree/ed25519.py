@@ -1,4 +1,4 @@
-"""ed25519 signatures in OSTree's format, made and checked with openssl.
+"""ed25519 signatures in OSTree's format: key files, signing, checking.
 
 ``ostree sign`` needs an ostree built with libsodium, and Debian 12's is
 not.  The format is simple and public: a commit's detached metadata holds
@@ -10,28 +10,27 @@ libsodium's layout) or a 32-byte public key.  So any ostree with ed25519
 support verifies what this module signs, and this module verifies what
 such an ostree signs.
 
-This module owns the key files, the signing and the checking; openssl (3.0
-or later, ``pkeyutl -rawin``) does the cryptography.
+This module owns the key files and the format; PyNaCl (libsodium, as
+ostree's own ed25519 engine) does the cryptography, in memory: no secret
+key is ever written to a temporary file.
 """
 
 import base64
 import os
-import tempfile
 
-from . import proc
+from nacl import exceptions as nacl_exceptions
+from nacl import signing as nacl_signing
+
 from .errors import UserError
 
 METADATA_KEY = "ostree.sign.ed25519"
-# DER prefixes of PKCS#8 (private) and SubjectPublicKeyInfo (public)
-# Ed25519 keys, followed by the 32 raw key bytes (RFC 8410).
-PRIVATE_DER_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
-PUBLIC_DER_PREFIX = bytes.fromhex("302a300506032b6570032100")
 
 
 class SecretKey:
     def __init__(self, seed, public):
         self.seed = seed
         self.public = public
+        self._signing = nacl_signing.SigningKey(seed)
 
     @property
     def public_base64(self):
@@ -61,53 +60,21 @@ def read_secret_key(path):
 
 
 def public_of_seed(seed):
-    with tempfile.TemporaryDirectory(prefix="debostree-key-") as tmp:
-        private = _write_private(tmp, seed)
-        der = proc.run(["openssl", "pkey", "-inform", "DER", "-in", private,
-                        "-pubout", "-outform", "DER"], capture=True,
-                       input=b"").stdout
-    return der[-32:]
-
-
-def _write_private(directory, seed):
-    path = os.path.join(directory, "key.der")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(PRIVATE_DER_PREFIX + seed)
-    return path
+    return bytes(nacl_signing.SigningKey(seed).verify_key)
 
 
 def sign(key, data):
     """The 64-byte Ed25519 signature of ``data``."""
-    with tempfile.TemporaryDirectory(prefix="debostree-sign-") as tmp:
-        private = _write_private(tmp, key.seed)
-        message = os.path.join(tmp, "message")
-        with open(message, "wb") as f:
-            f.write(data)
-        signature = proc.run(["openssl", "pkeyutl", "-sign", "-rawin",
-                              "-keyform", "DER", "-inkey", private, "-in",
-                              message], capture=True, input=b"").stdout
-    if len(signature) != 64:
-        raise RuntimeError(f"openssl pkeyutl -sign gave {len(signature)} bytes, "
-                           "not a 64-byte Ed25519 signature")
-    return signature
+    return key._signing.sign(data).signature
 
 
 def verify(public, data, signature):
     """Whether ``signature`` is ``public``'s Ed25519 signature of ``data``."""
-    with tempfile.TemporaryDirectory(prefix="debostree-verify-") as tmp:
-        paths = {}
-        for name, content in (("key.der", PUBLIC_DER_PREFIX + public),
-                              ("message", data), ("signature", signature)):
-            paths[name] = os.path.join(tmp, name)
-            with open(paths[name], "wb") as f:
-                f.write(content)
-        result = proc.run(["openssl", "pkeyutl", "-verify", "-rawin", "-pubin",
-                           "-keyform", "DER", "-inkey", paths["key.der"],
-                           "-in", paths["message"], "-sigfile",
-                           paths["signature"]], capture=True, check=False,
-                          input=b"")
-    return result.returncode == 0
+    try:
+        nacl_signing.VerifyKey(public).verify(data, signature)
+        return True
+    except (nacl_exceptions.BadSignatureError, ValueError, TypeError):
+        return False
 
 
 def _with_signature(metadata, signature):
@@ -164,17 +131,3 @@ def sign_summary(repo_path, key):
     with open(path + ".tmp", "wb") as f:
         f.write(variant.get_data_as_bytes().get_data())
     os.replace(path + ".tmp", path)
-
-
-def summary_verified(repo_path, public):
-    from gi.repository import GLib
-    with open(os.path.join(repo_path, "summary"), "rb") as f:
-        data = f.read()
-    try:
-        with open(os.path.join(repo_path, "summary.sig"), "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        return False
-    metadata = GLib.Variant.new_from_bytes(GLib.VariantType("a{sv}"),
-                                           GLib.Bytes.new(raw), False)
-    return any(verify(public, data, s) for s in signatures(metadata))

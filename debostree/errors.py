@@ -43,9 +43,17 @@ class UserError(Exception):
 
 
 class CommandFailed(UserError):
-    """An external command exited non-zero; the message names it and its log."""
+    """An external command exited non-zero; the message names it and its
+    log.  ``argv``, ``status`` and ``output`` (the tail of what it printed)
+    are there for callers that react to a particular failure."""
 
     exit_status = 1
+
+    def __init__(self, message, *, argv=(), status=None, output="", **where):
+        self.argv = list(argv)
+        self.status = status
+        self.output = output
+        super().__init__(message, **where)
 
 
 def cli_main(main):

@@ -11,22 +11,14 @@ import glob
 import json
 import os
 
-from . import fetch, files, lockfile, ostree, publish, sandboxlib
-from .recipe import STAGE_KINDS
+from . import fetch, files, kinds, ostree, publish, sandboxlib
+from .stagefiles import StageFiles
 from .ninja import Build, Graph, Raw, Rule, shell_args
 
 # Used inside the sandbox when SOURCE_DATE_EPOCH is not set at configure time
 # (2024-01-01), so that trees are reproducible by default; /etc/shadow's
 # "last changed" day and similar stamps come from it.
 DEFAULT_SOURCE_DATE_EPOCH = 1704067200
-
-MERGED_USR_LINKS = {
-    "amd64": ("bin", "sbin", "lib", "lib32", "lib64", "libx32"),
-    "i386": ("bin", "sbin", "lib", "lib64", "libx32"),
-    "ppc64el": ("bin", "sbin", "lib", "lib64"),
-    "s390x": ("bin", "sbin", "lib", "lib32"),
-    "mips64el": ("bin", "sbin", "lib", "lib32", "lib64", "libo32"),
-}
 
 
 def rel(path, top):
@@ -53,6 +45,13 @@ class GraphBuilder:
         self.stage_outputs = {}  # (recipe, arch, stage) -> .commit path
         self.checked = set()
         self.pending = {}
+        # Read once: every stage and branch of the graph gets the same.
+        sde = os.environ.get("SOURCE_DATE_EPOCH")
+        self.source_date_epoch = int(sde) if sde else None
+
+    def absolute(self, path):
+        """A path of the graph (relative to build.ninja) as an absolute one."""
+        return os.path.abspath(os.path.join(self.base, path))
 
     def p(self, path):
         return rel(path, self.base)
@@ -66,6 +65,35 @@ class GraphBuilder:
         g.pools["fetch"] = 8
         g.builds.append(Build([self.p(os.path.join(self.config.repo, "config"))],
                               "init_repo"))
+
+        self._rules()
+        self._regenerate()
+        g.builds.append(Build(["update-lockfiles"], "update_lockfiles",
+                              variables={"flags": Raw("")}))
+        g.builds.append(Build(["check-lockfiles"], "update_lockfiles",
+                              variables={"flags": Raw("--check")}))
+        defaults = []
+        all_fetch = []
+        branch_outs = []
+        for recipe in self.recipes:
+            fetched, published = self._recipe_edges(recipe)
+            all_fetch += fetched
+            branch_outs += published
+            defaults.append(recipe.name)
+        self.import_all()
+        g.builds.append(Build(["fetch"], "phony", sorted(set(all_fetch))))
+        stamp = self.publish_stamp()
+        g.builds.append(Build([stamp], "publish_summary", [], implicit=branch_outs
+                              + [self.p(self.config.config_path)]))
+        g.builds.append(Build(["publish"], "phony", [stamp]))
+        g.builds.append(Build(["pull-published"], "pull_published"))
+        g.builds.append(Build(["fsck"], "fsck"))
+        g.defaults = defaults
+        return g
+
+    def _rules(self):
+        """The rules: one per tool, one per stage kind."""
+        g = self.graph
 
         def run(*path):
             """``$python`` and one of the project's scripts, quoted."""
@@ -91,7 +119,7 @@ class GraphBuilder:
         g.rules.append(Rule(
             "import_debs", run("tools", "import-debs") + " --config $config $list",
             "IMPORT $count packages", {"restat": "1"}))
-        for kind in STAGE_KINDS:
+        for kind in kinds.REGISTRY:
             g.rules.append(Rule(
                 f"stage_{kind}", run("stages", kind)
                 + " --config $config --options $options $parent_arg --out $out",
@@ -131,79 +159,67 @@ class GraphBuilder:
         g.rules.append(Rule(
             "missing_lockfile",
             "echo $message >&2; exit 1", "LOCKFILE $name"))
-        self._regenerate()
-        g.builds.append(Build(["update-lockfiles"], "update_lockfiles",
-                              variables={"flags": Raw("")}))
-        g.builds.append(Build(["check-lockfiles"], "update_lockfiles",
-                              variables={"flags": Raw("--check")}))
-        defaults = []
+
+    def _recipe_edges(self, recipe):
+        """A recipe's edges and targets; returns the fetch outputs and the
+        published refs of its architectures."""
+        g = self.graph
         all_fetch = []
         branch_outs = []
-        for recipe in self.recipes:
-            recipe_targets = []
-            image_targets = []
-            publish_targets = []
-            for arch in recipe.architectures:
-                path, entries = self.locks[(recipe.name, arch)]
-                if entries is None:
-                    target = f"{recipe.name}/{arch}/lockfile"
-                    g.builds.append(Build([target], "missing_lockfile", variables={
-                        "name": target,
-                        "message": Raw(shell_args([self.lock_problems.get(
-                            (recipe.name, arch), f"{self.p(path)}: missing; "
-                            "run 'ninja update-lockfiles' and commit it")]))}))
-                    recipe_targets.append(target)
-                    continue
-                debs = [self.fetch_edge(entry) for entry in entries]
-                suffix = f"/{arch}" if len(recipe.architectures) > 1 else ""
-                phony = f"{recipe.name}{suffix}/packages"
-                g.builds.append(Build([phony], "phony", debs))
-                all_fetch += debs
-                branch_out = self.branch_edge(recipe, arch)
-                recipe_targets.append(branch_out)
-                published = self.publish_edge(recipe, arch, branch_out)
-                branch_outs.append(published)
-                publish_targets.append(published)
+        recipe_targets = []
+        image_targets = []
+        publish_targets = []
+        for arch in recipe.architectures:
+            path, entries = self.locks[(recipe.name, arch)]
+            if entries is None:
+                target = f"{recipe.name}/{arch}/lockfile"
+                g.builds.append(Build([target], "missing_lockfile", variables={
+                    "name": target,
+                    "message": Raw(shell_args([self.lock_problems.get(
+                        (recipe.name, arch), f"{self.p(path)}: missing; "
+                        "run 'ninja update-lockfiles' and commit it")]))}))
+                recipe_targets.append(target)
+                continue
+            debs = [self.fetch_edge(entry) for entry in entries]
+            suffix = f"/{arch}" if len(recipe.architectures) > 1 else ""
+            phony = f"{recipe.name}{suffix}/packages"
+            g.builds.append(Build([phony], "phony", debs))
+            all_fetch += debs
+            branch_out = self.branch_edge(recipe, arch)
+            recipe_targets.append(branch_out)
+            published = self.publish_edge(recipe, arch, branch_out)
+            branch_outs.append(published)
+            publish_targets.append(published)
+            if len(recipe.architectures) > 1:
+                g.builds.append(Build([f"{recipe.name}/{arch}/publish"],
+                                      "phony", [published]))
+            if recipe.image is not None:
+                image_targets.append(self.image_edge(recipe, arch, branch_out,
+                                                     published))
+            if len(recipe.architectures) > 1:
+                g.builds.append(Build([f"{recipe.name}/{arch}"], "phony",
+                                      [branch_out]))
+        if all(self.locks[(recipe.name, a)][1] is not None
+               for a in recipe.architectures):
+            for stage in recipe.stages:
+                outs = [self.stage_outputs[(recipe.name, a, stage.name)]
+                        for a in recipe.architectures]
+                g.builds.append(Build([f"{recipe.name}/{stage.name}"],
+                                      "phony", outs))
                 if len(recipe.architectures) > 1:
-                    g.builds.append(Build([f"{recipe.name}/{arch}/publish"],
-                                          "phony", [published]))
-                if recipe.image is not None:
-                    image_targets.append(self.image_edge(recipe, arch, branch_out,
-                                                         published))
-                if len(recipe.architectures) > 1:
-                    g.builds.append(Build([f"{recipe.name}/{arch}"], "phony",
-                                          [branch_out]))
-            if all(self.locks[(recipe.name, a)][1] is not None
-                   for a in recipe.architectures):
-                for stage in recipe.stages:
-                    outs = [self.stage_outputs[(recipe.name, a, stage.name)]
-                            for a in recipe.architectures]
-                    g.builds.append(Build([f"{recipe.name}/{stage.name}"],
-                                          "phony", outs))
-                    if len(recipe.architectures) > 1:
-                        for a, out in zip(recipe.architectures, outs):
-                            g.builds.append(Build(
-                                [f"{recipe.name}/{a}/{stage.name}"], "phony", [out]))
-            g.builds.append(Build([recipe.name], "phony", recipe_targets))
-            if publish_targets:
-                g.builds.append(Build([f"{recipe.name}/publish"], "phony",
-                                      publish_targets))
-            if image_targets:
-                # The tools check first: missing tools stop the build before
-                # any stage of the image runs.
-                g.builds.append(Build([f"{recipe.name}.img"], "phony",
-                                      [self.image_tools_check()] + image_targets))
-            defaults.append(recipe.name)
-        self.import_all()
-        g.builds.append(Build(["fetch"], "phony", sorted(set(all_fetch))))
-        stamp = self.publish_stamp()
-        g.builds.append(Build([stamp], "publish_summary", [], implicit=branch_outs
-                              + [self.p(self.config.config_path)]))
-        g.builds.append(Build(["publish"], "phony", [stamp]))
-        g.builds.append(Build(["pull-published"], "pull_published"))
-        g.builds.append(Build(["fsck"], "fsck"))
-        g.defaults = defaults
-        return g
+                    for a, out in zip(recipe.architectures, outs):
+                        g.builds.append(Build(
+                            [f"{recipe.name}/{a}/{stage.name}"], "phony", [out]))
+        g.builds.append(Build([recipe.name], "phony", recipe_targets))
+        if publish_targets:
+            g.builds.append(Build([f"{recipe.name}/publish"], "phony",
+                                  publish_targets))
+        if image_targets:
+            # The tools check first: missing tools stop the build before
+            # any stage of the image runs.
+            g.builds.append(Build([f"{recipe.name}.img"], "phony",
+                                  [self.image_tools_check()] + image_targets))
+        return all_fetch, branch_outs
 
     def fetch_edge(self, entry):
         out = self.p(fetch.pool_path(self.config.pool, entry.sha256))
@@ -218,9 +234,6 @@ class GraphBuilder:
                 "size_text": f"{entry.size / 1e6:.1f} MB",
             }))
         return out
-
-    def stage_dir(self, recipe_name, arch):
-        return os.path.join(self.config.builddir, "stages", recipe_name, arch)
 
     def import_edge(self, entry):
         """The summary of a package's import; the one edge that imports all
@@ -241,8 +254,8 @@ class GraphBuilder:
         items = sorted(self.imported.values(), key=lambda item: item[0])
         list_path = os.path.join(self.config.builddir, "pkgs", "import.json")
         self.write_options(list_path, [
-            {"deb": os.path.abspath(os.path.join(self.base, self.fetch_edge(e))),
-             "sha256": e.sha256, "summary": os.path.abspath(os.path.join(self.base, out)),
+            {"deb": self.absolute(self.fetch_edge(e)),
+             "sha256": e.sha256, "summary": self.absolute(out),
              "name": f"{e.name} {e.version}",
              "expect": [e.name, e.version, e.arch]} for out, e in items])
         self.graph.builds.append(Build(
@@ -272,19 +285,19 @@ class GraphBuilder:
         if key in self.stage_outputs:
             return self.stage_outputs[key]
         path, entries = self.locks[(recipe.name, arch)]
-        base = os.path.join(self.stage_dir(recipe.name, arch),
-                            ostree.encode_ref_part(stage.name))
-        out = base + ".commit"
-        options_path = base + ".options.json"
-        sde = os.environ.get("SOURCE_DATE_EPOCH")
-        options = {
+        stage_files = StageFiles.of(self.config.builddir, recipe.name, arch,
+                                    stage.name)
+        kind = kinds.get(stage.kind)
+        common = {
             "recipe": recipe.name, "arch": arch, "stage": stage.name,
-            "kind": stage.kind, "ref": ostree.stage_ref(recipe.name, arch, stage.name),
+            "kind": stage.kind,
+            "ref": ostree.stage_ref(recipe.name, arch, stage.name),
             "environment": {**recipe.environment, **stage.environment},
-            "source_date_epoch": int(sde) if sde else DEFAULT_SOURCE_DATE_EPOCH,
-            "commit_timestamp": int(sde) if sde else None,
+            "source_date_epoch": self.source_date_epoch
+            or DEFAULT_SOURCE_DATE_EPOCH,
+            "commit_timestamp": self.source_date_epoch,
         }
-        inputs = [options_path]
+        inputs = [stage_files.options]
         implicit = [os.path.join(self.top, "stages", stage.kind)]
         order_only = []
         if arch != self.config.host_arch:
@@ -293,7 +306,7 @@ class GraphBuilder:
             # target's fakeroot library, matched to the host's daemon.
             library = self.sandbox_library_edge(arch)
             if library:
-                options["fakeroot_deb"] = os.path.abspath(library)
+                common["fakeroot_deb"] = os.path.abspath(library)
                 implicit.append(library)
         parent_arg = ""
         if stage.parent:
@@ -303,62 +316,23 @@ class GraphBuilder:
             inputs.append(parent_out)
             parent_arg = Raw("--parent " + shell_args([self.p(parent_out)]))
         mine = [e for e in entries if e.stage == stage.name]
-        if stage.kind == "bootstrap":
-            ordered = lockfile.install_order(mine)
-            options["merged_usr_dirs"] = list(
-                MERGED_USR_LINKS.get(arch, ("bin", "sbin", "lib")))
-            options["packages"] = [{
-                "name": e.name, "version": e.version, "arch": e.arch,
-                "sha256": e.sha256,
-                "dpkg_name": f"{e.name}:{e.arch}" if e.get("Multi-Arch") == "same"
-                else e.name,
-                "filename": e.filename,
-                "pool_path": fetch.pool_path(self.config.pool, e.sha256),
-                "stanza": lockfile.stanza_text(e.fields)} for e in ordered]
-            # What apt is asked, so the maintainer scripts run in its order
-            # (dpkgorder.py).
-            options["variant"] = stage.options["variant"]
-            options["requests"] = [str(r.for_arch(arch))
-                                   for r in stage.options["packages"]]
-            summaries = [self.import_edge(e) for e in ordered]
-            options["summaries"] = [os.path.abspath(os.path.join(self.base, p))
-                                    for p in summaries]
-            implicit += summaries
-        elif stage.kind == "install":
-            options["packages"] = [{
-                "name": e.name, "version": e.version, "arch": e.arch,
-                "filename": e.filename, "sha256": e.sha256,
-                "pool_path": fetch.pool_path(self.config.pool, e.sha256),
-                "stanza": lockfile.stanza_text(e.fields)} for e in mine]
-            implicit += [self.fetch_edge(e) for e in mine]
-        elif stage.kind == "remove":
-            options["packages"] = list(stage.options["packages"])
-        elif stage.kind == "run":
-            options["script"] = stage.options["script"]
-        elif stage.kind == "copy":
-            items = []
-            for item in stage.options["items"]:
-                src = os.path.join(os.path.dirname(recipe.path), item.src)
-                items.append({"src_abs": src, "dest": item.dest,
-                              "src_root": os.path.dirname(os.path.abspath(recipe.path)),
-                              "owner": item.owner, "group": item.group,
-                              "mode": item.mode})
-                implicit += _source_files(src)
-            options["items"] = items
-        elif stage.kind == "deployable":
-            options["dracut_modules"] = list(stage.options["dracut_modules"])
-        self.write_options(options_path, options)
+        own, own_inputs = kind.options(self, recipe, arch,
+                                       stage.for_arch(arch), mine)
+        implicit += own_inputs
+        options = kind.Options(**common, **own)
+        self.write_options(stage_files.options, options.to_json())
         self.graph.builds.append(Build(
-            [self.p(out)], f"stage_{stage.kind}", [self.p(i) for i in inputs],
+            [self.p(stage_files.commit)], f"stage_{stage.kind}",
+            [self.p(i) for i in inputs],
             implicit=[self.p(i) for i in implicit],
-            implicit_outputs=[self.p(base + ".manifest")],
+            implicit_outputs=[self.p(stage_files.manifest)],
             order_only=order_only,
-            variables={"options": Raw(shell_args([self.p(options_path)])),
+            variables={"options": Raw(shell_args([self.p(stage_files.options)])),
                        "parent_arg": parent_arg or Raw(""),
                        "name": f"{recipe.name}/{stage.name}"
                        + (f" {arch}" if len(recipe.architectures) > 1 else "")}))
-        self.stage_outputs[key] = self.p(out)
-        return self.p(out)
+        self.stage_outputs[key] = self.p(stage_files.commit)
+        return self.p(stage_files.commit)
 
     def publish_stamp(self):
         # The summary is rewritten by every publish: ninja's output for it
@@ -385,16 +359,16 @@ class GraphBuilder:
 
     def image_edge(self, recipe, arch, branch_out, published):
         """The recipe's disk image for ``arch``, from its branch commit."""
-        base = os.path.join(self.config.builddir, "images", recipe.name, arch)
-        options_path = base + ".options.json"
-        kargs = list(recipe.image["kernel_arguments"][arch])
+        options_path = StageFiles.image(self.config.builddir, recipe.name,
+                                        arch).options
+        kargs = list(recipe.image.kernel_arguments[arch])
         settings = self.config.publish
         self.write_options(options_path, {
             "recipe": recipe.name, "recipe_path": recipe.path, "arch": arch,
             "branch": recipe.ref_for(arch),
             "osname": recipe.ref_for(arch).split("/")[0],
-            "size": recipe.image["size"], "boot_size": recipe.image["boot_size"],
-            "esp_size": recipe.image["esp_size"], "kernel_arguments": kargs,
+            "size": recipe.image.size, "boot_size": recipe.image.boot_size,
+            "esp_size": recipe.image.esp_size, "kernel_arguments": kargs,
             "serial_console": any(k.startswith(("console=ttyS", "console=ttyAMA"))
                                   for k in kargs),
             "url": settings.get("url"), "gpg_key": settings.get("gpg_key"),
@@ -445,15 +419,14 @@ class GraphBuilder:
         for stage in recipe.stages:
             self.stage_edge(recipe, arch, stage)
         last = self.stage_outputs[(recipe.name, arch, recipe.stages[-1].name)]
-        base = os.path.join(self.config.builddir, "branches", recipe.name, arch)
+        branch_files = StageFiles.branch(self.config.builddir, recipe.name, arch)
         path, _ = self.locks[(recipe.name, arch)]
-        options_path = base + ".options.json"
+        options_path = branch_files.options
         self.write_options(options_path, {
             "recipe": recipe.name, "arch": arch, "branch": recipe.ref_for(arch),
             "lockfile": os.path.abspath(path), "version": recipe.version,
-            "commit_timestamp": int(os.environ["SOURCE_DATE_EPOCH"])
-            if os.environ.get("SOURCE_DATE_EPOCH") else None})
-        out = self.p(base + ".commit")
+            "commit_timestamp": self.source_date_epoch})
+        out = self.p(branch_files.commit)
         self.graph.builds.append(Build(
             [out], "branch", [last], implicit=[self.p(options_path)],
             variables={"options": Raw(shell_args([self.p(options_path)])),
@@ -464,7 +437,8 @@ class GraphBuilder:
         top = self.top
         inputs = [os.path.join(top, "configure.py"),
                   os.path.join(top, "build.ninja.in")]
-        inputs += sorted(glob.glob(os.path.join(top, "debostree", "*.py")))
+        inputs += sorted(glob.glob(os.path.join(top, "debostree", "**", "*.py"),
+                                   recursive=True))
         inputs += [self.config.recipes, self.config.lockfiles]
         for recipe in self.recipes:
             inputs.append(recipe.path)
@@ -474,13 +448,3 @@ class GraphBuilder:
         self.graph.builds.append(Build(
             ["build.ninja"], "configure",
             implicit=[self.p(i) for i in sorted(set(inputs))]))
-
-
-def _source_files(src):
-    """A copy source's files and directories, as implicit inputs."""
-    if not os.path.isdir(src) or os.path.islink(src):
-        return [src]
-    found = [src]
-    for dirpath, dirnames, filenames in os.walk(src):
-        found += [os.path.join(dirpath, n) for n in dirnames + filenames]
-    return found

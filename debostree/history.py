@@ -6,35 +6,12 @@ or ``/usr/lib/sysimage/dpkg/status`` once a 'deployable' stage moved it)
 straight out of the OSTree repository, without a checkout.
 """
 
-from dataclasses import dataclass
-
 from debian import deb822
 
-from . import proc
+from . import changes, proc
 from .errors import UserError
 
 STATUS_PATHS = ("/usr/lib/sysimage/dpkg/status", "/var/lib/dpkg/status")
-
-
-@dataclass
-class PackageDiff:
-    added: list      # [(name, version)]
-    removed: list    # [(name, version)]
-    changed: list    # [(name, old version, new version)]
-
-    def __bool__(self):
-        return bool(self.added or self.removed or self.changed)
-
-    def summary(self):
-        return (f"{len(self.added)} added, {len(self.removed)} removed, "
-                f"{len(self.changed)} changed")
-
-    def lines(self):
-        out = [f"Packages: {self.summary()}"]
-        out += [f"  + {n} {v}" for n, v in self.added]
-        out += [f"  - {n} {v}" for n, v in self.removed]
-        out += [f"  ~ {n} {old} -> {new}" for n, old, new in self.changed]
-        return out
 
 
 def installed_packages(status_text):
@@ -51,12 +28,14 @@ def installed_packages(status_text):
 
 
 def diff(old, new):
-    """The PackageDiff from package map ``old`` to ``new``."""
-    added = sorted((n, new[n]) for n in new.keys() - old.keys())
-    removed = sorted((n, old[n]) for n in old.keys() - new.keys())
-    changed = sorted((n, old[n], new[n]) for n in old.keys() & new.keys()
-                     if old[n] != new[n])
-    return PackageDiff(added, removed, changed)
+    """The changes (changes.PackageChanges) from package map ``old`` to
+    ``new``."""
+    return changes.compare(old, new)
+
+
+def lines(package_changes):
+    """The changes as a commit body says them."""
+    return [f"Packages: {package_changes.summary()}"] + package_changes.lines()
 
 
 def commit_packages(gi_repo, commit):

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 from . import deployable, ostree, publish
 from .errors import UserError
+from .stagefiles import StageFiles
 
 SYSTEM_IDS = (100, 999)
 REFERENCE_FILE = "ids.reference.json"
@@ -382,11 +383,10 @@ def keep(work, target, entries):
 
 
 # -- outside the namespace: the reference ------------------------------------
-def branch_of(config, opts):
+def branch_of(config, recipe, arch):
     """The branch of the stage's recipe, from the options file of its branch
     edge (graph.branch_edge): not an input of the stage."""
-    path = os.path.join(config.builddir, "branches", opts["recipe"],
-                        opts["arch"] + ".options.json")
+    path = StageFiles.branch(config.builddir, recipe, arch).options
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)["branch"]
@@ -410,10 +410,10 @@ def find_reference(config, branch):
     return (repo.path, local) if local else None
 
 
-def write_reference(config, opts, work):
+def write_reference(config, recipe, arch, work):
     """Find the reference of a stage and name it in ``work`` for ``keep``;
     returns a line for the stage's log."""
-    branch = branch_of(config, opts)
+    branch = branch_of(config, recipe, arch)
     found = find_reference(config, branch) if branch else None
     if found is None:
         return "ids: no reference for system user and group IDs (the " \

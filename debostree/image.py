@@ -34,10 +34,9 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 
-from . import ed25519, proc
+from . import debianlayout, files, proc, signing
 from .errors import UserError
 from .project import load_config
 
@@ -52,8 +51,7 @@ HOST_TOOLS = {"mkfs.ext4": "e2fsprogs", "mkfs.vfat": "dosfstools",
 BOOT_TOOLS = {"qemu-system-x86_64": "qemu-system-x86",
               "/usr/share/OVMF/OVMF_CODE_4M.fd": "ovmf"}
 
-EFI = {"amd64": ("x86_64-efi", "BOOTX64.EFI"),
-       "arm64": ("arm64-efi", "BOOTAA64.EFI")}
+EFI = debianlayout.EFI
 
 GRUB_MODULES = ("part_gpt", "fat", "ext2", "normal", "linux", "configfile",
                 "search", "search_label", "search_fs_uuid", "echo", "test",
@@ -102,7 +100,7 @@ def build_image(config_path, options_path, commit_path, out):
     with open(commit_path, encoding="utf-8") as f:
         commit = f.read().strip()
     work = out + ".work"
-    _remove(work)
+    files.remove_tree(work)
     os.makedirs(work)
     os.makedirs(os.path.dirname(opts["log"]), exist_ok=True)
     with open(opts["log"], "w") as f:
@@ -110,24 +108,11 @@ def build_image(config_path, options_path, commit_path, out):
     if not opts.get("url"):
         print(f"{out}: warning: no 'url' in the publish configuration; the "
               "image's remote cannot be reached, so it cannot upgrade")
-    if opts.get("gpg_key"):
-        # Devices verify what they pull with the publishing key.
-        home = ["--homedir", opts["gpg_homedir"]] if opts.get("gpg_homedir") else []
-        keyring = proc.run(["gpg", "--batch", "--export"] + home + [opts["gpg_key"]],
-                           capture=True, input=b"").stdout
-        opts["gpg_keyring"] = os.path.join(work, "publish-key.gpg")
-        with open(opts["gpg_keyring"], "wb") as f:
-            f.write(keyring)
-    if opts.get("ed25519_key"):
-        published = os.path.join(config.builddir, "publish")
-        if ostree_verifies_ed25519(published, commit):
-            opts["ed25519_public"] = ed25519.read_secret_key(
-                opts["ed25519_key"]).public_base64
-        else:
-            print(f"{out}: warning: the image's ostree is built without ed25519 "
-                  "support, so its remote cannot verify the publish key's "
-                  "signatures and does not; sign with 'gpg-key' to have "
-                  "devices verify what they pull")
+    # The devices' remote checks the publisher's signatures.
+    signer = signing.signer_for(opts)
+    opts.update(signer.device_remote(
+        work, os.path.join(config.builddir, "publish"), commit,
+        lambda text: print(f"{out}: warning: {text}")))
     options_path = os.path.join(work, "options.json")
     with open(options_path, "w", encoding="utf-8") as f:
         json.dump(opts, f)
@@ -142,7 +127,7 @@ def build_image(config_path, options_path, commit_path, out):
         os.replace(os.path.join(work, "disk.img"), out)
     finally:
         if not os.environ.get("DEBOSTREE_KEEP_WORK"):
-            _remove(work)
+            files.remove_tree(work)
     print(f"{out}: {opts['branch']} {commit[:12]}, "
           f"{os.path.getsize(out) // MIB} MiB")
 
@@ -167,12 +152,6 @@ def _file_in_commit(repo, commit, path):
     return result.stdout if result.returncode == 0 else b""
 
 
-def _remove(path):
-    if os.path.lexists(path):
-        subprocess.run(["chmod", "-R", "u+w", path], stderr=subprocess.DEVNULL)
-        shutil.rmtree(path)
-
-
 def inner(config_path, options_path, commit, work):
     """Under fakeroot: sysroot, filesystems, disk."""
     config = load_config(config_path)
@@ -190,12 +169,7 @@ def inner(config_path, options_path, commit, work):
     # run); the device's ostree uses grub2, set below.
     run(["ostree", "config", f"--repo={repo}", "set", "sysroot.bootloader", "none"])
     url = opts.get("url")
-    remote_args = ["--set=gpg-verify=" + ("true" if opts.get("gpg_keyring")
-                                          else "false")]
-    if opts.get("ed25519_public"):
-        remote_args += ["--set=sign-verify=true",
-                        f"--set=verification-ed25519-key={opts['ed25519_public']}"]
-    run(["ostree", "remote", "add", f"--repo={repo}"] + remote_args
+    run(["ostree", "remote", "add", f"--repo={repo}"] + opts["remote_args"]
         + [osname, url or "file:///nonexistent", branch])
     if opts.get("gpg_keyring"):
         run(["ostree", "remote", "gpg-import", f"--repo={repo}",
@@ -358,8 +332,7 @@ def _assemble(work, opts, sizes, esp, boot_img, root_img):
 
 
 # GPT partition types of the root filesystem (Discoverable Partitions).
-ROOT_TYPE = {"amd64": "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
-             "arm64": "B921B045-1DF0-41C3-AF44-4C6F280D3FAE"}
+ROOT_TYPE = debianlayout.ROOT_TYPE
 
 
 def main(argv):

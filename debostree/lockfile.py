@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from debian import deb822
 
+from . import changes
 from .errors import UserError
 
 # The archive fields a lockfile keeps, in this order (the order of Debian's
@@ -186,48 +187,12 @@ def read(path):
     return parse(text, path)
 
 
-@dataclass
-class Changes:
-    added: list      # [(name, arch, version)]
-    removed: list    # [(name, arch, version)]
-    upgraded: list   # [(name, arch, old, new)]  (also downgrades)
-    rebuilt: list    # [(name, arch, version)]  same version, other file
-
-    def __bool__(self):
-        return bool(self.added or self.removed or self.upgraded or self.rebuilt)
-
-    def lines(self):
-        out = []
-        for name, arch, version in self.added:
-            out.append(f"  + {name}:{arch} {version}")
-        for name, arch, version in self.removed:
-            out.append(f"  - {name}:{arch} {version}")
-        for name, arch, old, new in self.upgraded:
-            out.append(f"  ~ {name}:{arch} {old} -> {new}")
-        for name, arch, version in self.rebuilt:
-            out.append(f"  ! {name}:{arch} {version} (same version, new file)")
-        return out
-
-    def summary(self):
-        return (f"{len(self.added)} added, {len(self.removed)} removed, "
-                f"{len(self.upgraded)} upgraded, {len(self.rebuilt)} rebuilt")
-
-
 def compare(old_entries, new_entries):
-    """What changed between two lockfiles' entries."""
-    old = {(e.name, e.arch): e for e in old_entries}
-    new = {(e.name, e.arch): e for e in new_entries}
-    changes = Changes([], [], [], [])
-    for key in sorted(new.keys() - old.keys()):
-        changes.added.append(key + (new[key].version,))
-    for key in sorted(old.keys() - new.keys()):
-        changes.removed.append(key + (old[key].version,))
-    for key in sorted(old.keys() & new.keys()):
-        if old[key].version != new[key].version:
-            changes.upgraded.append(key + (old[key].version, new[key].version))
-        elif old[key].sha256 != new[key].sha256:
-            changes.rebuilt.append(key + (new[key].version,))
-    return changes
+    """What changed between two lockfiles' entries (changes.py), packages
+    named NAME:ARCH."""
+    def packages(entries):
+        return {f"{e.name}:{e.arch}": (e.version, e.sha256) for e in entries}
+    return changes.compare(packages(old_entries), packages(new_entries))
 
 
 def install_order(entries):

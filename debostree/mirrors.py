@@ -23,11 +23,11 @@ import re
 from dataclasses import dataclass
 
 from .errors import UserError
+from .project import URL_RE, user_config_file
 
 ENV_VAR = "DEBOSTREE_MIRRORS"
 CONFIG_ENV_VAR = "DEBOSTREE_CONFIG"
 DEFAULT_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
-URL_RE = re.compile(r"^(https?|file)://")
 
 
 @dataclass(frozen=True)
@@ -52,12 +52,7 @@ def parse_mirror_option(text, origin="--mirror"):
 
 
 def _config_file():
-    explicit = os.environ.get(CONFIG_ENV_VAR)
-    if explicit:
-        return explicit
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(
-        os.path.expanduser("~"), ".config")
-    return os.path.join(base, "debostree", "mirrors.yaml")
+    return user_config_file("mirrors.yaml", CONFIG_ENV_VAR)
 
 
 def _read_config_file(path):

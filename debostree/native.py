@@ -40,7 +40,7 @@ import struct
 
 from debian import deb822
 
-from . import proc
+from . import debianlayout, proc
 
 # Packages whose programs may stand in, and files of theirs that must not:
 # they report the machine they run on.
@@ -59,14 +59,7 @@ BIN_DIRS = ("/bin/", "/sbin/", "/usr/bin/", "/usr/sbin/")
 # kernel: with none in the tree or arriving, they have nothing to build.
 KERNEL_PATHS = ("/boot", "/usr/lib/modules", "/lib/modules")
 
-# Host architecture -> (multiarch triplet, dynamic loader, ELF e_machine).
-HOST_RUNTIMES = {
-    "amd64": ("x86_64-linux-gnu", "/lib64/ld-linux-x86-64.so.2", 62),
-    "arm64": ("aarch64-linux-gnu", "/lib/ld-linux-aarch64.so.1", 183),
-    "ppc64el": ("powerpc64le-linux-gnu", "/lib64/ld64.so.2", 21),
-    "s390x": ("s390x-linux-gnu", "/lib/ld64.so.1", 22),
-    "riscv64": ("riscv64-linux-gnu", "/lib/ld-linux-riscv64-lp64d.so.1", 243),
-}
+HOST_RUNTIMES = debianlayout.HOST_RUNTIMES
 
 # What LD_PRELOAD names when host and target programs share a sandbox: each
 # dynamic loader expands $LIB to its own multiarch directory (Debian's

@@ -15,7 +15,7 @@ import re
 import time
 
 from . import proc
-from .errors import UserError
+from .errors import CommandFailed, UserError
 
 REF_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -41,12 +41,22 @@ STAGING_RACE = "opendir(staging-"
 ATTEMPTS = 4
 
 
+class CommitFailed(UserError):
+    """libostree failed to commit; ``detail`` is its own message."""
+
+    def __init__(self, message, detail):
+        self.detail = detail
+        super().__init__(f"{message}: {detail}")
+
+
 def retry_staging_race(fn):
     for attempt in range(ATTEMPTS):
         try:
             return fn()
-        except UserError as error:
-            if STAGING_RACE not in str(error) or attempt == ATTEMPTS - 1:
+        except (CommandFailed, CommitFailed) as error:
+            detail = error.output if isinstance(error, CommandFailed) \
+                else error.detail
+            if STAGING_RACE not in detail or attempt == ATTEMPTS - 1:
                 raise
             time.sleep(0.05 * (attempt + 1))
 
@@ -278,7 +288,7 @@ def _commit_changes(Gio, GLib, OSTree, repo, base_commit, target, upper,
         return checksum, True
     except GLib.Error as error:
         repo.abort_transaction(None)
-        raise UserError(f"ostree commit of {target} failed: {error.message}")
+        raise CommitFailed(f"ostree commit of {target} failed", error.message)
 
 
 def _hex(OSTree, csum):

@@ -73,7 +73,8 @@ def run(argv, *, log=None, capture=False, cwd=None, env=None, input=None,
                 tail = _tail(logf.read().decode(errors="replace"))
             raise CommandFailed(
                 f"command failed with exit status {result.returncode}: "
-                f"{shlex.join(argv)}\n{tail}\n(full log: {log})")
+                f"{shlex.join(argv)}\n{tail}\n(full log: {log})",
+                argv=argv, status=result.returncode, output=tail)
         return result
     result = subprocess.run(argv, cwd=cwd, env=env, input=input,
                             stdout=subprocess.PIPE if capture else None,
@@ -84,5 +85,6 @@ def run(argv, *, log=None, capture=False, cwd=None, env=None, input=None,
             (result.stderr or b"").decode(errors="replace")
         raise CommandFailed(
             f"command failed with exit status {result.returncode}: "
-            f"{shlex.join(argv)}\n{_tail(output)}")
+            f"{shlex.join(argv)}\n{_tail(output)}",
+            argv=argv, status=result.returncode, output=_tail(output))
     return result

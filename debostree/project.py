@@ -9,12 +9,28 @@ commands read so that a mirror change does not change their command lines.
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, asdict, field
 
 from .errors import UserError
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A URL as the user's configuration files and options may give one.
+URL_RE = re.compile(r"^(https?|file)://\S+$")
+
+
+def user_config_file(name, env_var):
+    """The user's configuration file ``name``: the file the environment
+    variable ``env_var`` names, else ``$XDG_CONFIG_HOME/debostree/NAME``
+    (``~/.config`` by default)."""
+    explicit = os.environ.get(env_var)
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(
+        os.path.expanduser("~"), ".config")
+    return os.path.join(base, "debostree", name)
 
 
 @dataclass

@@ -10,7 +10,7 @@ Signing is configured in the publish configuration file (see
 ``read_settings``): an ed25519 secret key file (signatures in ``ostree
 sign``'s format, made by ed25519.py since Debian 12's ostree lacks
 ed25519) or a GPG key (``ostree gpg-sign``).  Without one the repository
-is published unsigned, and publish says so.
+is published unsigned, and publish says so.  signing.py signs.
 
 ``pull_published`` brings a published repository's branches back into
 ``BUILDDIR/publish`` on another machine, so that builds there continue its
@@ -19,14 +19,13 @@ history (see ``branch.parent_commit``).
 
 import os
 import re
-import shutil
 
-from . import ed25519, ostree, proc, yamlsrc
+from . import ed25519, ostree, proc, signing, yamlsrc
 from .errors import UserError
+from .project import URL_RE, user_config_file
 
 CONFIG_ENV_VAR = "DEBOSTREE_PUBLISH_CONFIG"
 SETTINGS_KEYS = {"url", "ed25519-key", "gpg-key", "gpg-homedir"}
-URL_RE = re.compile(r"^(https?|file)://\S+$")
 GPG_KEY_RE = re.compile(r"^[0-9A-Fa-f]{8,40}$")
 
 
@@ -35,12 +34,7 @@ def repo_path(config):
 
 
 def config_file():
-    explicit = os.environ.get(CONFIG_ENV_VAR)
-    if explicit:
-        return explicit
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(
-        os.path.expanduser("~"), ".config")
-    return os.path.join(base, "debostree", "publish.yaml")
+    return user_config_file("publish.yaml", CONFIG_ENV_VAR)
 
 
 def read_settings(path=None):
@@ -101,33 +95,6 @@ def read_settings(path=None):
     return settings
 
 
-def _sign_args(settings):
-    """(kind, ed25519 key, gpg commit signing argv tail, gpg summary options)."""
-    if settings.get("ed25519_key"):
-        return "ed25519", ed25519.read_secret_key(settings["ed25519_key"]), [], []
-    if settings.get("gpg_key"):
-        home = [f"--gpg-homedir={settings['gpg_homedir']}"] \
-            if settings.get("gpg_homedir") else []
-        return "gpg", None, home, [f"--gpg-sign={settings['gpg_key']}"] + home
-    return None, None, [], []
-
-
-def _signed(gi_repo, commit, kind, key):
-    """Whether ``commit`` already carries a signature of this kind: for GPG
-    any signature, for ed25519 one by ``key`` (so that after a key change the
-    new key signs what the old one did)."""
-    from gi.repository import GLib
-    try:
-        _, metadata = gi_repo.read_commit_detached_metadata(commit, None)
-    except GLib.Error:
-        return False
-    if metadata is None:
-        return False
-    if kind == "ed25519":
-        return ed25519.commit_verified(gi_repo, commit, key.public)
-    return metadata.lookup_value("ostree.gpgsigs", None) is not None
-
-
 def _new_commits(local_gi, published_gi, head):
     """Commits from ``head`` back to (not including) the first one the
     published repository has, oldest first."""
@@ -164,7 +131,7 @@ def publish_branches(config, branches, settings):
     """Copy ``branches``' new commits ({branch: commit}) into
     BUILDDIR/publish, sign them, add a delta from each branch's parent."""
     from gi.repository import OSTree
-    kind, key, commit_sign, _ = _sign_args(settings)
+    signer = signing.signer_for(settings)
     target = ostree.Repo(repo_path(config))
     if not target.exists():
         os.makedirs(target.path, exist_ok=True)
@@ -180,14 +147,9 @@ def publish_branches(config, branches, settings):
             proc.run(["ostree", "pull-local", "--untrusted",
                       f"--repo={target.path}", config.repo, commit])
         published_gi = target.open_gi()
-        if kind:
-            for commit in [head] + new:
-                if not _signed(published_gi, commit, kind, key):
-                    if kind == "gpg":
-                        proc.run(["ostree", "gpg-sign", f"--repo={target.path}"]
-                                 + commit_sign + [commit, settings["gpg_key"]])
-                    else:
-                        ed25519.sign_commit(published_gi, commit, key)
+        for commit in [head] + new:
+            if not signer.is_signed(published_gi, commit):
+                signer.sign_commit(target.path, published_gi, commit)
         if previous != head:
             published_gi.set_ref_immediate(None, branch, head, None)
         _, variant, _ = published_gi.load_commit(head)
@@ -202,29 +164,28 @@ def publish_branches(config, branches, settings):
             delta = f", delta from {parent[:12]}"
         state = "unchanged" if previous == head else \
             f"{len(new)} new commit{'s' if len(new) != 1 else ''}"
-        print(f"publish: {branch} -> {head[:12]} ({state}{delta})"
-              + (f", signed ({kind})" if kind else ", unsigned"))
+        print(f"publish: {branch} -> {head[:12]} ({state}{delta}), "
+              + signer.describe())
         # Newer than the branch commit it came from, for ninja.
         os.utime(ref_path(config, branch))
 
 
 def update_summary(config, settings):
     """The summary (refs, deltas) of the published repository, signed."""
-    kind, key, _, summary_sign = _sign_args(settings)
+    signer = signing.signer_for(settings)
     target = ostree.Repo(repo_path(config))
     if not target.exists():
         raise UserError("nothing is published yet", path=target.path,
                         hint="run 'ninja publish'")
     proc.run(["ostree", "summary", f"--repo={target.path}", "--update"]
-             + summary_sign)
-    if kind == "ed25519":
-        ed25519.sign_summary(target.path, key)
-    if not kind:
+             + signer.summary_options())
+    signer.sign_summary(target.path)
+    if not signer.name:
         print("publish: WARNING: no signing key configured "
               f"({config_file()}: 'ed25519-key' or 'gpg-key'); the "
               "repository is unsigned, devices must not verify signatures")
     else:
-        print(f"publish: commits and summary signed ({kind})")
+        print(f"publish: commits and summary {signer.describe()}")
     print(f"publish: {target.path} is ready to be served over HTTP")
 
 
@@ -237,18 +198,17 @@ def _has_delta(target, parent, head):
 def pull_published(config, url, branches, settings):
     """Pull the published history at ``url`` into BUILDDIR/publish: each of
     ``branches``' head commit and tree (older commits are not needed to
-    continue it), signatures verified when a GPG key is configured."""
+    continue it), signatures checked by the configured key's signer."""
     target = ostree.Repo(repo_path(config))
     if not target.exists():
         os.makedirs(target.path, exist_ok=True)
         proc.run(["ostree", "init", "--mode=archive", f"--repo={target.path}"])
-    verify = "true" if settings.get("gpg_key") else "false"
+    signer = signing.signer_for(settings)
     remote = "debostree-published"
-    proc.run(["ostree", "remote", "add", "--force", f"--repo={target.path}",
-              f"--set=gpg-verify={verify}", "--set=gpg-verify-summary=false",
-              remote, url])
-    if settings.get("gpg_key"):
-        _import_gpg_key(target, remote, settings)
+    proc.run(["ostree", "remote", "add", "--force", f"--repo={target.path}"]
+             + signer.pull_remote(target.path, remote)
+             + ["--set=gpg-verify-summary=false", remote, url])
+    signer.after_remote_added(target.path, remote)
     result = proc.run(["ostree", "remote", "refs", f"--repo={target.path}",
                        remote], capture=True)
     available = {line.split(":", 1)[1] for line in result.stdout.split()}
@@ -261,43 +221,7 @@ def pull_published(config, url, branches, settings):
         proc.run(["ostree", "pull", f"--repo={target.path}", "--mirror",
                   remote] + wanted)
     proc.run(["ostree", "remote", "delete", f"--repo={target.path}", remote])
-    if settings.get("ed25519_key"):
-        _check_ed25519(target, before, settings)
+    signer.check_pulled(target, before)
     for branch in wanted:
         print(f"pull-published: {branch} at {target.rev_parse(branch)}")
     return wanted
-
-
-def _check_ed25519(target, before, settings):
-    """Refuse pulled heads without a valid signature by the configured key
-    (this ostree may not check ed25519 itself), putting every such ref back
-    where it was before the pull (or deleting it if it is new)."""
-    public = ed25519.read_secret_key(settings["ed25519_key"]).public
-    gi_repo = target.open_gi()
-    refused = []
-    for branch, previous in sorted(before.items()):
-        head = target.rev_parse(branch)
-        if head is None or head == previous \
-                or ed25519.commit_verified(gi_repo, head, public):
-            continue
-        gi_repo.set_ref_immediate(None, branch, previous, None)
-        refused.append(f"{branch} at {head}")
-    if refused:
-        raise UserError("published commits without a valid ed25519 signature by "
-                        f"the configured key, not used: {', '.join(refused)}",
-                        path=settings["ed25519_key"],
-                        hint="check the repository's URL and the publish key")
-
-
-def _import_gpg_key(target, remote, settings):
-    home = ["--homedir", settings["gpg_homedir"]] if settings.get("gpg_homedir") \
-        else []
-    exported = os.path.join(target.path, "tmp", "publish-key.gpg")
-    result = proc.run(["gpg", "--batch", "--export"] + home + [settings["gpg_key"]],
-                      capture=True, input=b"")
-    with open(exported, "wb") as f:
-        f.write(result.stdout)
-    proc.run(["ostree", "remote", "gpg-import", f"--repo={target.path}",
-              f"--keyring={exported}", remote])
-    os.unlink(exported)
-    shutil.rmtree(exported + ".d", ignore_errors=True)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from debian import deb822
 
 from .errors import UserError
-from .recipe import PackageRequest
+from .recipefields import PackageRequest
 
 DEP_TYPES = ("PreDepends", "Depends")
 
@@ -479,84 +479,86 @@ class StageState:
         return StageState(self.packages.values())
 
 
-def resolve_stage(root, stage, state, context):
-    """Resolve one stage on top of ``state``.
-
-    Returns ``(new_state, installed)`` where ``installed`` is the list of
-    LockedPackage this stage adds (tagged with the stage's name).
-    """
+def resolve_bootstrap(root, variant, requests, state, context):
+    """A bootstrap on top of ``state``, in mmdebstrap's two steps:
+    ``(new_state, installed)``."""
     apt_pkg = _apt_pkg()
     installed = []
     new_state = state.copy()
-    if stage.kind == "bootstrap":
-        variant = stage.options["variant"]
-        requests = stage.options["packages"]
-        # Where the packages do not ship the merged-/usr links (up to Debian
-        # 12), the bootstrap lays out a merged /usr itself, so, as mmdebstrap
-        # does with its merged-usr hook, apt sees usr-is-merged as installed
-        # while it resolves the Essential set (which would otherwise pull in
-        # usrmerge and perl), and the real usr-is-merged is installed with
-        # the rest.
-        merged_usr = LockedPackage("usr-is-merged", "all", "1", "", "",
-                                   {"Package": "usr-is-merged", "Version": "1",
-                                    "Architecture": "all",
-                                    "Multi-Arch": "foreign"})
-        # mmdebstrap's apt configuration, for both of its steps: apt is
-        # Essential only in the 'apt' variant.
-        force = APT_DEFAULT_FORCED_ESSENTIAL if variant == "apt" \
-            else NO_FORCED_ESSENTIAL
-        if variant == "custom":
+    # Where the packages do not ship the merged-/usr links (up to Debian
+    # 12), the bootstrap lays out a merged /usr itself, so, as mmdebstrap
+    # does with its merged-usr hook, apt sees usr-is-merged as installed
+    # while it resolves the Essential set (which would otherwise pull in
+    # usrmerge and perl), and the real usr-is-merged is installed with
+    # the rest.
+    merged_usr = LockedPackage("usr-is-merged", "all", "1", "", "",
+                               {"Package": "usr-is-merged", "Version": "1",
+                                "Architecture": "all",
+                                "Multi-Arch": "foreign"})
+    # mmdebstrap's apt configuration, for both of its steps: apt is
+    # Essential only in the 'apt' variant.
+    force = APT_DEFAULT_FORCED_ESSENTIAL if variant == "apt" \
+        else NO_FORCED_ESSENTIAL
+    if variant == "custom":
+        merged_usr = None
+    else:
+        before = list(new_state.packages.values())
+        step = Resolution(root, before + [merged_usr],
+                          f"{context} (Essential set)", force)
+        if step.essential_provides("usr-is-merged"):
+            # Since Debian 13, base-files ships /bin -> usr/bin & co
+            # and Provides usr-is-merged: mmdebstrap needs no hook, and
+            # neither the stand-in nor the real usr-is-merged is installed.
             merged_usr = None
+            step = Resolution(root, before, f"{context} (Essential set)",
+                              force)
+        if variant == "apt":
+            step.upgrade_all()
         else:
-            before = list(new_state.packages.values())
-            step = Resolution(root, before + [merged_usr],
-                              f"{context} (Essential set)", force)
-            if step.essential_provides("usr-is-merged"):
-                # Since Debian 13, base-files ships /bin -> usr/bin & co
-                # and Provides usr-is-merged: mmdebstrap needs no hook, and
-                # neither the stand-in nor the real usr-is-merged is installed.
-                merged_usr = None
-                step = Resolution(root, before, f"{context} (Essential set)",
-                                  force)
-            if variant == "apt":
-                step.upgrade_all()
-            else:
-                step.install(step.essential_set())
-            for pkg in step.to_install():
-                new_state.packages[pkg.key] = pkg
-                installed.append(pkg)
-        priorities = _priorities(apt_pkg, variant)
-        step = Resolution(root, list(new_state.packages.values()) +
-                          ([merged_usr] if merged_usr else []), context, force)
-        targets = step.priority_set(priorities) if priorities else []
-        if priorities:
-            targets.append(step.lookup(PackageRequest("apt")))
-        if merged_usr and step.has_package("usr-is-merged"):
-            targets.append(step.lookup(PackageRequest("usr-is-merged")))
-        targets += [step.lookup(r) for r in requests]
-        if targets:
-            step.install(targets)
-            for pkg in step.to_install():
-                new_state.packages[pkg.key] = pkg
-                installed.append(pkg)
-    elif stage.kind == "install":
-        # install and remove stages run apt inside the image, with apt's
-        # default configuration: apt is Essential there.
-        step = Resolution(root, list(new_state.packages.values()), context,
-                          APT_DEFAULT_FORCED_ESSENTIAL)
-        step.install([step.lookup(r) for r in stage.options["packages"]])
+            step.install(step.essential_set())
         for pkg in step.to_install():
             new_state.packages[pkg.key] = pkg
             installed.append(pkg)
-    elif stage.kind == "remove":
-        step = Resolution(root, list(new_state.packages.values()), context,
-                          APT_DEFAULT_FORCED_ESSENTIAL)
-        targets = [step.lookup(PackageRequest(n.split(":")[0],
-                                              n.split(":")[1] if ":" in n else None))
-                   for n in stage.options["packages"]]
-        for pkg in step.remove(targets):
-            for arch in (pkg.architecture, "all"):
-                new_state.packages.pop((pkg.name, arch), None)
-    for pkg in installed:
-        pkg.stage = stage.name
+    priorities = _priorities(apt_pkg, variant)
+    step = Resolution(root, list(new_state.packages.values()) +
+                      ([merged_usr] if merged_usr else []), context, force)
+    targets = step.priority_set(priorities) if priorities else []
+    if priorities:
+        targets.append(step.lookup(PackageRequest("apt")))
+    if merged_usr and step.has_package("usr-is-merged"):
+        targets.append(step.lookup(PackageRequest("usr-is-merged")))
+    targets += [step.lookup(r) for r in requests]
+    if targets:
+        step.install(targets)
+        for pkg in step.to_install():
+            new_state.packages[pkg.key] = pkg
+            installed.append(pkg)
     return new_state, installed
+
+
+def resolve_install(root, requests, state, context):
+    """``apt-get install`` of ``requests`` on top of ``state``.  install and
+    remove stages run apt inside the image, with apt's default
+    configuration: apt is Essential there."""
+    new_state = state.copy()
+    step = Resolution(root, list(new_state.packages.values()), context,
+                      APT_DEFAULT_FORCED_ESSENTIAL)
+    step.install([step.lookup(r) for r in requests])
+    installed = step.to_install()
+    for pkg in installed:
+        new_state.packages[pkg.key] = pkg
+    return new_state, list(installed)
+
+
+def resolve_remove(root, names, state, context):
+    """``apt-get purge`` of the packages ``names`` (NAME or NAME:ARCH)."""
+    new_state = state.copy()
+    step = Resolution(root, list(new_state.packages.values()), context,
+                      APT_DEFAULT_FORCED_ESSENTIAL)
+    targets = [step.lookup(PackageRequest(n.split(":")[0],
+                                          n.split(":")[1] if ":" in n else None))
+               for n in names]
+    for pkg in step.remove(targets):
+        for arch in (pkg.architecture, "all"):
+            new_state.packages.pop((pkg.name, arch), None)
+    return new_state, []

@@ -22,17 +22,9 @@ import os
 import shlex
 import shutil
 
-FAKEROOT_LIB_DIRS = {
-    "amd64": "/usr/lib/x86_64-linux-gnu/libfakeroot",
-    "arm64": "/usr/lib/aarch64-linux-gnu/libfakeroot",
-    "armhf": "/usr/lib/arm-linux-gnueabihf/libfakeroot",
-    "armel": "/usr/lib/arm-linux-gnueabi/libfakeroot",
-    "i386": "/usr/lib/i386-linux-gnu/libfakeroot",
-    "ppc64el": "/usr/lib/powerpc64le-linux-gnu/libfakeroot",
-    "riscv64": "/usr/lib/riscv64-linux-gnu/libfakeroot",
-    "s390x": "/usr/lib/s390x-linux-gnu/libfakeroot",
-    "mips64el": "/usr/lib/mips64el-linux-gnuabi64/libfakeroot",
-}
+from . import debianlayout
+
+FAKEROOT_LIB_DIRS = debianlayout.FAKEROOT_LIB_DIRS
 FAKEROOT_LIB = "libfakeroot-sysv.so"
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

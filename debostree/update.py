@@ -13,7 +13,7 @@ from email.utils import parsedate_to_datetime
 
 from debian import deb822
 
-from . import archive, files, lockfile, proc, resolve
+from . import archive, files, kinds, lockfile, proc, resolve
 from .errors import UserError, display_path
 
 
@@ -87,7 +87,7 @@ def resolve_all(recipes, mirrors, cache_dir, out=sys.stderr, releases=None):
                 state = resolve.StageState()
             context = (f"{display_path(recipe.path)}:{stage.line}: "
                        f"stage '{stage.name}' ({arch})")
-            new_state, installed = resolve.resolve_stage(
+            new_state, installed = kinds.resolve_stage(
                 roots[key], stage.for_arch(arch), state, context)
             states[(recipe.name, stage.name, arch)] = new_state
             locked[key].extend(installed)
@@ -223,12 +223,8 @@ def check_consistency(recipe, arch, entries, path, inherited=()):
             if provided:
                 locked.setdefault(provided, []).append(entry)
     for index, stage in enumerate(recipe.stages):
-        requests = []
-        if stage.kind == "bootstrap":
-            requests = stage.options["packages"]
-        elif stage.kind == "install":
-            requests = stage.options["packages"]
-        for request in (r.for_arch(arch) for r in requests):
+        requests = kinds.get(stage.kind).requests(stage.for_arch(arch).options)
+        for request in requests:
             candidates = [e for e in locked.get(request.name, [])
                           if not request.version or e.version == request.version]
             if not candidates:

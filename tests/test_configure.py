@@ -84,7 +84,7 @@ def test_lockfile_workflow(project):
     assert lock.read_text() == before
     result = ninja(work, "update-lockfiles")
     assert result.returncode == 0
-    assert "0 added, 0 removed, 1 upgraded" in result.stdout
+    assert "0 added, 0 removed, 1 changed" in result.stdout
     result = ninja(work, "fetch")
     assert result.returncode == 0, result.stdout
     assert result.stdout.count("FETCH ") == 1 and "FETCH libfoo 3.0" in result.stdout

@@ -6,12 +6,15 @@ import hashlib
 import os
 import stat
 import subprocess
+from types import SimpleNamespace
 
 import pytest
 
 from debarchive import build_deb
 from debostree import debimport, ostree
-from debostree.stagerun import Stage
+from debostree.kinds import bootstrap
+from debostree.kinds.bootstrap import BootstrapOptions
+from debostree.stagefiles import WorkFiles
 
 LINKS = {"bin": "usr/bin", "lib": "usr/lib", "lib64": "usr/lib64",
          "sbin": "usr/sbin"}
@@ -130,15 +133,19 @@ def test_old_layout_moves_under_usr(tmp_path, repo):
 
 
 def compose(tmp_path, repo, summaries):
-    stage = Stage.__new__(Stage)  # compose needs only these
-    stage.opts = {"recipe": "r", "stage": "base", "arch": "amd64",
-                  "ref": "stage/r/amd64/base", "merged_usr_dirs": AMD64_SKELETON,
-                  "summaries": [s for s in summaries]}
-    stage.work = str(tmp_path / "work")
-    os.makedirs(stage.work, exist_ok=True)
-    stage.repo = repo
-    stage.log = str(tmp_path / "compose.log")
-    commit, entries = stage.compose()
+    work = WorkFiles(str(tmp_path / "work"))
+    os.makedirs(work.path, exist_ok=True)
+    with open(work.plan, "w") as f:
+        f.write("[]")  # no steps: the packages stay in the given order
+    opts = BootstrapOptions(
+        recipe="r", stage="base", arch="amd64", kind="bootstrap",
+        ref="stage/r/amd64/base", environment={}, source_date_epoch=0,
+        variant="custom", requests=[], packages=[],
+        summaries=[str(s) for s in summaries],
+        merged_usr_dirs=list(AMD64_SKELETON))
+    run = SimpleNamespace(opts=opts, files=work, repo=repo,
+                          log=str(tmp_path / "compose.log"))
+    commit, entries = bootstrap.compose(run)
     return tree(repo, commit), entries
 
 

@@ -9,6 +9,7 @@ from debian import deb822
 
 from debarchive import build_deb
 from debostree import dpkgorder
+from debostree.kinds.base import PackageFile
 
 
 def packages(tmp_path):
@@ -31,13 +32,14 @@ def packages(tmp_path):
                           capture_output=True, text=True, check=True).stdout
     result = []
     for para in deb822.Packages.iter_paragraphs(text, use_apt_pkg=False):
-        result.append({
-            "name": para["Package"], "arch": para["Architecture"],
-            "version": para["Version"], "filename": para["Filename"],
-            "pool_path": os.path.join(str(tmp_path), para["Filename"]),
-            "dpkg_name": (f"{para['Package']}:{para['Architecture']}"
-                          if para.get("Multi-Arch") == "same" else para["Package"]),
-            "stanza": str(para)})
+        result.append(PackageFile(
+            name=para["Package"], arch=para["Architecture"],
+            version=para["Version"], filename=para["Filename"],
+            sha256=para["SHA256"],
+            pool_path=os.path.join(str(tmp_path), para["Filename"]),
+            dpkg_name=(f"{para['Package']}:{para['Architecture']}"
+                       if para.get("Multi-Arch") == "same" else para["Package"]),
+            stanza=str(para)))
     return result
 
 
@@ -68,13 +70,13 @@ def test_essential_first_as_one_dpkg_install_then_apts_sequence(tmp_path):
     if "adduser:all" in configured and "daemon:amd64" in configured:
         assert configured.index("adduser:all") < configured.index("daemon:amd64")
     # Nothing is left for the final "dpkg --configure -a" to find.
-    assert sorted(unpacked(steps)) == sorted(p["dpkg_name"] for p in pkgs)
+    assert sorted(unpacked(steps)) == sorted(p.dpkg_name for p in pkgs)
 
 
 def test_custom_is_one_dpkg_install_of_everything(tmp_path):
     # A custom bootstrap locks exactly what its packages need.
     pkgs = [p for p in packages(tmp_path / "debs")
-            if p["name"] in ("daemon", "adduser", "coreutils", "libc")]
+            if p.name in ("daemon", "adduser", "coreutils", "libc")]
     steps = dpkgorder.plan(pkgs, "amd64", "custom", ["daemon"],
                            str(tmp_path / "apt"))
     assert [kind for kind, _ in steps] == ["preinst", "dpkg"]

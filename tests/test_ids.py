@@ -302,7 +302,6 @@ def test_reference_is_the_commit_the_branch_follows(tmp_path):
     from debostree.project import BuildConfig
     config = BuildConfig(top=TOP, builddir=str(tmp_path / "build"), pool="",
                          recipes="", lockfiles="", mirrors={})
-    opts = {"recipe": "r", "arch": "amd64"}
     work = tmp_path / "work"
     work.mkdir()
     tree = tmp_path / "tree"
@@ -322,7 +321,7 @@ def test_reference_is_the_commit_the_branch_follows(tmp_path):
         path = work / ids.REFERENCE_FILE
         if path.exists():
             path.unlink()
-        note = ids.write_reference(config, opts, str(work))
+        note = ids.write_reference(config, "r", "amd64", str(work))
         found = json.loads(path.read_text()) if path.exists() else None
         return note, found and (os.path.basename(found["repo"]), found["commit"])
 

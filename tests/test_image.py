@@ -167,10 +167,11 @@ def sudo(machine, command, seconds=60):
 def host_key(machine):
     """The fingerprint of the machine's SSH host key, made at its first
     boot (the image has none), with the SSH server running on it."""
-    code, out = machine.run("systemctl is-active ssh; "
-                            "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub", 60)
-    assert code == 0 and out.splitlines()[0].strip() == "active", out
-    return out.splitlines()[1].split()[1]
+    code, out = machine.run("systemctl is-active ssh", 60)
+    assert code == 0 and out.strip() == "active", out
+    code, out = machine.run("ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub")
+    assert code == 0, out
+    return out.split()[1]
 
 
 def booted_commit(machine):
@@ -198,12 +199,21 @@ def test_image_boots_the_published_commit(project, tmp_path):
         assert code == 0 and url.strip().endswith(server.url.rsplit(":", 1)[1])
         code, cmdline = machine.run("cat /proc/cmdline")
         assert "console=tty0" in cmdline and "console=ttyS0,115200" in cmdline
-        code, var = machine.run("readlink /var/lib/dpkg; ls -d /home/admin; "
-                                "dpkg-query -W -f='${Status}' openssh-server")
-        assert code == 0 and "install ok installed" in var, var
+        # One command each: every status counts.
+        code, out = machine.run("readlink /var/lib/dpkg")
+        assert code == 0 and out.strip() == "../../usr/lib/sysimage/dpkg", out
+        code, out = machine.run("ls -d /home/admin")
+        assert code == 0 and out.strip() == "/home/admin", out
+        code, out = machine.run("dpkg-query -W -f='${Status}' openssh-server")
+        assert code == 0 and out.strip() == "install ok installed", out
         HOST_KEYS.append(host_key(machine))
     finally:
         machine.kill()
+
+
+def reboot(machine):
+    machine.send(f"echo '{PASSWORD}' | sudo -S -p '' systemctl reboot\n")
+    machine.reboot(vmlib.timeout(90))
 
 
 def test_upgrade_and_rollback(project, tmp_path):
@@ -244,7 +254,7 @@ def test_upgrade_and_rollback(project, tmp_path):
         assert code == 0, out
         served = [r for r in server.requests if "/deltas/" in r]
         assert served, server.requests[-20:]  # the static delta was used
-        machine.send(f"echo '{PASSWORD}' | sudo -S -p '' systemctl reboot\n")
+        reboot(machine)
         machine.expect(r"exampleos2 login: ", vmlib.timeout(180))
         login(machine)
         booted, status = booted_commit(machine)
@@ -257,7 +267,7 @@ def test_upgrade_and_rollback(project, tmp_path):
         # Roll back: the boot menu's second entry is the previous
         # deployment; booted there, drop the newer one so that the previous
         # one is the default again.
-        machine.send(f"echo '{PASSWORD}' | sudo -S -p '' systemctl reboot\n")
+        reboot(machine)
         machine.expect(r"GNU GRUB", vmlib.timeout(120))
         choose_second_boot_entry(machine)
         machine.expect(r"Reached target.*Multi-User System", vmlib.timeout(120))
@@ -266,7 +276,7 @@ def test_upgrade_and_rollback(project, tmp_path):
         assert booted_commit(machine)[0] == first
         code, out = sudo(machine, "ostree admin undeploy 0")
         assert code == 0, out
-        machine.send(f"echo '{PASSWORD}' | sudo -S -p '' systemctl reboot\n")
+        reboot(machine)
         machine.expect(r"exampleos login: ", vmlib.timeout(180))
         login(machine)
         booted, status = booted_commit(machine)

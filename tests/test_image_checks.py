@@ -17,12 +17,12 @@ DEPLOYABLE = GOOD.replace("  - {name: slim, remove: [iproute2]}",
 def test_image_key(tmp_path):
     rec = recipe.load_recipe(write(tmp_path, DEPLOYABLE + "image:\n  size: 2G\n"
                                    "  kernel-arguments: [quiet]\n"))
-    assert rec.image == {"size": 2 << 30, "boot_size": 512 << 20,
-                         "esp_size": 64 << 20,
-                         "kernel_arguments": {"amd64": ("quiet",)}}
+    assert rec.image == recipe.ImageSpec(
+        size=2 << 30, boot_size=512 << 20, esp_size=64 << 20,
+        kernel_arguments={"amd64": ("quiet",)})
     rec = recipe.load_recipe(write(tmp_path, DEPLOYABLE + "image:\n  size: 2G\n"
                                    "  kernel-arguments: {amd64: [quiet]}\n"))
-    assert rec.image["kernel_arguments"] == {"amd64": ("quiet",)}
+    assert rec.image.kernel_arguments == {"amd64": ("quiet",)}
 
 
 @pytest.mark.parametrize("text,line,key,words", [

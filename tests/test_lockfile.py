@@ -82,10 +82,11 @@ def test_compare():
     new = lockfile.parse("\n".join([stanza("a", "2"), stanza("c", "1", sha="b" * 64),
                                     stanza("d", "1")]))
     changes = lockfile.compare(old, new)
-    assert changes.added == [("d", "amd64", "1")]
-    assert changes.removed == [("b", "amd64", "1")]
-    assert changes.upgraded == [("a", "amd64", "1", "2")]
-    assert changes.rebuilt == [("c", "amd64", "1")]
+    assert changes.added == [("d:amd64", "1")]
+    assert changes.removed == [("b:amd64", "1")]
+    assert changes.changed == [("a:amd64", "1", "2")]
+    assert changes.rebuilt == [("c:amd64", "1")]
+    assert changes.summary() == "1 added, 1 removed, 1 changed, 1 rebuilt"
     assert "  ~ a:amd64 1 -> 2" in changes.lines()
     assert not lockfile.compare(old, old)
 

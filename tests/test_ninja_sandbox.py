@@ -1,6 +1,7 @@
 """Pure functions: ninja escaping, the graph's text, sandbox command lines."""
 
 import os
+import shlex
 import subprocess
 
 import pytest
@@ -28,8 +29,11 @@ def test_newlines_are_refused():
 
 def test_escaped_graph_runs_in_ninja(tmp_path):
     """Paths with spaces, dollars and colons survive a real ninja run."""
-    graph = ninja.Graph(variables={"greeting": "it costs $5"})
-    graph.rules.append(ninja.Rule("write", "printf '%s' $msg > $out", "WRITE $out"))
+    # A top-level variable with a dollar, escaped for ninja by the graph (the
+    # shell quoting is the value's own).
+    graph = ninja.Graph(variables={"greeting": shlex.quote("it costs $5")})
+    graph.rules.append(ninja.Rule("write", "printf '%s: %s' $greeting $msg > $out",
+                                  "WRITE $out"))
     names = ["plain", "with space", "dollar $x", "colon:y"]
     for name in names:
         graph.builds.append(ninja.Build(
@@ -42,7 +46,8 @@ def test_escaped_graph_runs_in_ninja(tmp_path):
     (tmp_path / "build.ninja").write_text(ninja.render(graph, template))
     subprocess.run(["ninja"], cwd=tmp_path, check=True, capture_output=True)
     for name in names:
-        assert (tmp_path / "out" / name).read_text() == f"{name} and $HOME"
+        assert (tmp_path / "out" / name).read_text() == \
+            f"it costs $5: {name} and $HOME"
 
 
 def test_bwrap_argv_isolates():

@@ -46,11 +46,11 @@ def test_good_recipe(tmp_path):
     assert rec.architectures == ("amd64",)
     assert [s.kind for s in rec.stages] == ["bootstrap", "run", "install",
                                             "copy", "remove"]
-    assert rec.stages[0].options["variant"] == "required"  # minbase alias
+    assert rec.stages[0].options.variant == "required"  # minbase alias
     assert rec.stages[1].parent == "r/base"
-    assert str(rec.stages[2].options["packages"][1]) == \
+    assert str(rec.stages[2].options.packages[1]) == \
         "openssh-server=1:9.2p1-2+deb12u3"
-    assert rec.stages[3].options["items"][0].mode == "0644"
+    assert rec.stages[3].options.items[0].mode == "0644"
     assert rec.archives[1].suites == ("bookworm-security",)
     assert rec.archives[1].check_valid_until is True
     assert rec.environment == {"LANG": "C.UTF-8"}
@@ -68,11 +68,11 @@ def test_deployable_and_version(tmp_path):
         "  - {name: slim, remove: [iproute2]}",
         "  - {name: ostree, deployable: {dracut-modules: [lvm]}}")
         + 'version: "2.1"\n'))
-    assert rec.stages[-1].options == {"dracut_modules": ("lvm",)}
+    assert rec.stages[-1].options.dracut_modules == ("lvm",)
     assert rec.version == "2.1"
     rec = recipe.load_recipe(write(tmp_path, GOOD.replace(
         "  - {name: slim, remove: [iproute2]}", "  - {name: o, deployable: }")))
-    assert rec.stages[-1].options == {"dracut_modules": ()} and rec.version is None
+    assert rec.stages[-1].options.dracut_modules == () and rec.version is None
 
 
 def test_malformed_yaml_names_file_and_line(tmp_path):

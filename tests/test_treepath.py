@@ -10,6 +10,8 @@ import pytest
 
 from debostree import deployable, recipe, stagerun, treepath
 from debostree.errors import UserError
+from debostree.kinds.copy import CopyItemOptions, copy_items
+from debostree.stagefiles import WorkFiles
 
 
 @pytest.fixture
@@ -52,7 +54,7 @@ def test_cleanup_stays_inside(tmp_path, host, links):
     work = tmp_path / "work"
     work.mkdir()
     (work / "policy-rc.d-created").write_text("")
-    stagerun.cleanup(str(work), str(tree))
+    stagerun.cleanup(WorkFiles(str(work)), str(tree))
     assert host_intact(host)
     for path, target in links.items():
         assert os.readlink(tree / path.lstrip("/")) == target
@@ -64,15 +66,15 @@ def test_cleanup_still_cleans_a_plain_tree(tmp_path):
     (tree / "etc").mkdir()
     (tree / "var" / "log" / "dpkg.log").write_text("log\n")
     (tree / "etc" / "machine-id").write_text("0123\n")
-    stagerun.cleanup(str(tmp_path), str(tree))
+    stagerun.cleanup(WorkFiles(str(tmp_path)), str(tree))
     assert not (tree / "var" / "log" / "dpkg.log").exists()
     assert (tree / "etc" / "machine-id").read_text() == ""
 
 
 def copy_opts(src, dest, src_root, mode=None):
-    return {"items": [{"src_abs": str(src), "dest": dest,
-                       "src_root": str(src_root), "owner": str(os.getuid()),
-                       "group": str(os.getgid()), "mode": mode}]}
+    return [CopyItemOptions(src_abs=str(src), dest=dest, src_root=str(src_root),
+                            owner=str(os.getuid()), group=str(os.getgid()),
+                            mode=mode)]
 
 
 def test_copy_destination_resolved_inside(tmp_path, host):
@@ -85,12 +87,12 @@ def test_copy_destination_resolved_inside(tmp_path, host):
     files.mkdir()
     (files / "motd").write_text("hello\n")
     with treepath.Tree(str(tree)) as t:
-        stagerun.copy_items(copy_opts(files / "motd", "/srv/x/motd", files), t)
-        stagerun.copy_items(copy_opts(files / "motd", "/opt/up/motd", files,
+        copy_items(copy_opts(files / "motd", "/srv/x/motd", files), t)
+        copy_items(copy_opts(files / "motd", "/opt/up/motd", files,
                                       "0600"), t)
         # /var/lock -> /run/lock: missing inside the tree, never the host's.
         with pytest.raises(UserError) as error:
-            stagerun.copy_items(copy_opts(files / "motd", "/var/lock/motd",
+            copy_items(copy_opts(files / "motd", "/var/lock/motd",
                                           files), t)
         assert "cannot write /var/lock/motd in the image" in error.value.message
     assert host_intact(host)
@@ -108,7 +110,7 @@ def test_copy_of_a_directory_keeps_links_as_links(tmp_path, host):
     os.symlink(str(host), files / "conf" / "hostlink")
     os.chmod(files / "conf" / "sub", 0o750)
     with treepath.Tree(str(tree)) as t:
-        stagerun.copy_items(copy_opts(files / "conf", "/etc/conf", files.parent), t)
+        copy_items(copy_opts(files / "conf", "/etc/conf", files.parent), t)
     assert (tree / "etc/conf/sub/a").read_text() == "a\n"
     assert os.readlink(tree / "etc/conf/hostlink") == str(host)
     assert (tree / "etc/conf/sub").stat().st_mode & 0o777 == 0o750
@@ -128,7 +130,7 @@ def test_copy_sources_must_stay_in_the_recipe_directory(tmp_path, host):
     tree = tmp_path / "tree"
     tree.mkdir()
     with treepath.Tree(str(tree)) as t, pytest.raises(UserError) as error:
-        stagerun.copy_items(copy_opts(recipes / "files/x/machine-id",
+        copy_items(copy_opts(recipes / "files/x/machine-id",
                                       "/etc/machine-id", recipes), t)
     assert "leads out of the recipe's directory" in error.value.message
     assert not (tree / "etc").exists()

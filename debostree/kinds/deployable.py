@@ -1,0 +1,52 @@
+"""The 'deployable' stage kind: the last stage of a bootable recipe.  Its
+script builds the initramfs (dracut) for the tree's kernel; then the tree
+is rearranged into what ``ostree admin deploy`` expects (deployable.py)."""
+
+from dataclasses import dataclass
+
+from .. import deployable, proc
+from ..recipefields import NAME_RE, check_keys, describe, shown, string_list
+from .base import Kind, StageOptions
+
+
+@dataclass(frozen=True)
+class DeployableSpec:
+    dracut_modules: tuple = ()
+
+
+@dataclass(kw_only=True)
+class DeployableOptions(StageOptions):
+    dracut_modules: list
+
+
+class Deployable(Kind):
+    name = "deployable"
+    Options = DeployableOptions
+
+    def validate(self, src, keypath, value, context):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise src.error(keypath, f"expected a mapping (or {{}}), got "
+                            f"{describe(value)}")
+        check_keys(src, keypath, value, {"dracut-modules"})
+        modules = string_list(src, keypath + ("dracut-modules",),
+                              value.get("dracut-modules", []),
+                              what="dracut module name", allow_empty=True)
+        for i, module in enumerate(modules):
+            if not NAME_RE.fullmatch(module):
+                raise src.error(keypath + ("dracut-modules", i),
+                                f"invalid dracut module name '{shown(module)}'")
+        return DeployableSpec(tuple(modules))
+
+    def options(self, graph, recipe, arch, stage, entries):
+        return {"dracut_modules": list(stage.options.dracut_modules)}, []
+
+    def script(self, opts, work, target):
+        return deployable.kernel_script(opts.dracut_modules)
+
+    def finish(self, opts, target, helper, env):
+        proc.run(helper + ["deployable", target], env=env)
+
+
+KIND = Deployable()

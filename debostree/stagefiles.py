@@ -1,0 +1,86 @@
+"""The names of a stage's files: what its edge in the graph writes beside
+the build (``StageFiles``: the commit, the manifest, the options) and what
+the processes of one stage run pass each other in its work directory
+(``WorkFiles``).  Nothing else derives these names from suffixes."""
+
+import os
+
+from . import ostree
+
+COMMIT = ".commit"
+
+
+class StageFiles:
+    """``BUILDDIR/stages/RECIPE/ARCH/STAGE``: ``.commit`` (the edge's
+    output: the commit checksum), ``.manifest`` (owners, modes and xattrs
+    of that tree) and ``.options.json`` (what configure wrote for it); the
+    same names for a branch's and an image's edge."""
+
+    def __init__(self, base):
+        self.base = base
+
+    @classmethod
+    def of(cls, builddir, recipe, arch, stage):
+        return cls(os.path.join(builddir, "stages", recipe, arch,
+                                ostree.encode_ref_part(stage)))
+
+    @classmethod
+    def branch(cls, builddir, recipe, arch):
+        """The branch edge's files (``.commit``: the branch's commit)."""
+        return cls(os.path.join(builddir, "branches", recipe, arch))
+
+    @classmethod
+    def image(cls, builddir, recipe, arch):
+        """The image edge's options (the image itself is named apart)."""
+        return cls(os.path.join(builddir, "images", recipe, arch))
+
+    @classmethod
+    def from_commit(cls, path):
+        """The stage files of a ``.commit`` path (another name is taken as
+        the base itself, as a benchmark's output may be)."""
+        return cls(path[:-len(COMMIT)] if path.endswith(COMMIT) else path)
+
+    @property
+    def commit(self):
+        return self.base + COMMIT
+
+    @property
+    def manifest(self):
+        return self.base + ".manifest"
+
+    @property
+    def options(self):
+        return self.base + ".options.json"
+
+
+class WorkFiles:
+    """A stage run's work directory, ``BUILDDIR/work/RECIPE/ARCH/STAGE``:
+    written by one step of the run and read by a later one (host side,
+    inside the namespace, under fakeroot)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def _(name):
+        return property(lambda self: os.path.join(self.path, name))
+
+    options = _("options.json")           # the stage's options, as read
+    plan = _("plan.json")                 # a bootstrap's steps (dpkgorder)
+    apt = _("apt")                        # apt's directory for the plan
+    skeleton = _("skeleton")              # a bootstrap's own directories
+    lower_path = _("lower.path")          # the checkout under the overlay
+    base_manifest = _("base.manifest")    # the tree the stage starts from
+    base_commit = _("base.commit")
+    target = _("target")                  # the overlay: the stage's tree
+    upper = _("upper")
+    overlay_work = _("ovl")
+    run = _("run")                        # /run/debostree in the sandbox
+    native = _("native")                  # stand-ins' mount sources
+    libfakeroot = _("libfakeroot")        # a foreign chroot's library
+    faked_save = _("faked.save")          # the fakeroot daemon's state
+    policy_created = _("policy-rc.d-created")
+    xattr_candidates = _("xattr-candidates.json")
+    warnings = _("warnings")              # lines for the user's terminal
+    result = _("result.json")             # {"commit", "changed"}
+    result_manifest = _("result.manifest")
+    del _
