@@ -33,6 +33,11 @@ HOST_RUNTIMES = {
     "riscv64": (TRIPLETS["riscv64"], "/lib/ld-linux-riscv64-lp64d.so.1", 243),
 }
 
+# Host architectures for which a foreign recipe's lockfile pins the builds
+# of its helper programs that may stand in for emulated ones (native.py):
+# the machines images are usually built on.
+STAND_IN_HOSTS = ("amd64",)
+
 # The top-level links of a merged /usr (usrmerge's, per architecture), for
 # releases whose packages do not ship them themselves (up to Debian 12).
 MERGED_USR_LINKS = {

@@ -12,6 +12,8 @@ import json
 import os
 
 from . import fetch, files, kinds, ostree, publish, sandboxlib
+from .kinds.base import PackageFile
+from .lockfile import STAND_INS_STAGE
 from .stagefiles import StageFiles
 from .ninja import Build, Graph, Raw, Rule, shell_args
 
@@ -315,6 +317,17 @@ class GraphBuilder:
             parent_out = self.stage_edge(other, arch, other.stage(parent_stage))
             inputs.append(parent_out)
             parent_arg = Raw("--parent " + shell_args([self.p(parent_out)]))
+        if arch != self.config.host_arch and kind.uses_stand_ins and \
+                self.config.native_helpers:
+            # The host programs that may stand in for emulated ones: locked
+            # for this host's architecture, imported like every package.
+            stand_ins = [e for e in entries if e.stage == STAND_INS_STAGE
+                         and e.arch == self.config.host_arch]
+            if stand_ins:
+                common["stand_ins"] = [PackageFile.of(
+                    e, fetch.pool_path(self.config.pool, e.sha256))
+                    for e in stand_ins]
+                implicit += [self.import_edge(e) for e in stand_ins]
         mine = [e for e in entries if e.stage == stage.name]
         own, own_inputs = kind.options(self, recipe, arch,
                                        stage.for_arch(arch), mine)

@@ -34,6 +34,9 @@ ARCHIVE_FIELDS = (
     "Important", "Priority", "Section", "Filename", "Size", "SHA256",
 )
 LOCK_FIELDS = ("Lock-Archive", "Lock-Suite", "Lock-Stage")
+# The Lock-Stage of the host-architecture packages whose programs stand in
+# for a foreign recipe's emulated ones (native.py): a name no stage may take.
+STAND_INS_STAGE = "stand-ins"
 REQUIRED_FIELDS = ("Package", "Version", "Architecture", "Filename", "Size",
                    "SHA256") + LOCK_FIELDS
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")

@@ -3,9 +3,12 @@
 Under qemu-user every program start costs tens of milliseconds of
 translation before it does any work, and a bootstrap's maintainer scripts
 start hundreds of small programs (``basename``, ``cp``, ``sed``, shells and
-perl).  When the host has the very same source version of such a program
-installed, the host's build runs in its place: its behaviour is that of the
-target's program, only compiled for another machine.
+perl).  A build for the host's architecture of the very same source version
+of such a program runs in its place: its behaviour is that of the target's
+program, only compiled for another machine.  Those builds come from the
+lockfile (``Lock-Stage: stand-ins``, resolve.resolve_stand_ins), unpacked
+into a tree of their own that this module takes for "the host"
+(``host_root``), so what stands in never depends on the host system.
 
 This module owns the decision and nothing else: which host files may be
 bind-mounted over which target files for the length of one stage command,
@@ -223,6 +226,23 @@ def resolve_in_root(root, path, depth=0):
     return resolved or "/"
 
 
+def realpath_in(root, path):
+    """``root`` + ``path`` with every symbolic link on the way, the last one
+    too, followed inside ``root`` (an absolute link means ``root``'s /): a
+    tree of unpacked packages as if it were the running system."""
+    inside = resolve_in_root(root, path)
+    full = root.rstrip("/") + inside
+    for _ in range(40):
+        if not os.path.islink(full):
+            break
+        link = os.readlink(full)
+        base = link if link.startswith("/") else \
+            os.path.dirname(inside) + "/" + link
+        inside = resolve_in_root(root, os.path.normpath(base))
+        full = root.rstrip("/") + inside
+    return full or "/"
+
+
 def _elf_machine(path):
     try:
         with open(path, "rb") as f:
@@ -296,8 +316,8 @@ def stand_ins(target, host_arch, target_triplet, host_root="/",
         return StandIns(reason=f"no known runtime for {host_arch} hosts")
     triplet, loader, machine = runtime
     host_libdir = f"/usr/lib/{triplet}"
-    host_lib = os.path.realpath(os.path.join(host_root, host_libdir.lstrip("/")))
-    if os.path.realpath(os.path.join(host_root, "lib", triplet)) != host_lib:
+    host_lib = realpath_in(host_root, host_libdir)
+    if realpath_in(host_root, f"/lib/{triplet}") != host_lib:
         return StandIns(reason="the host's /lib is not merged into /usr/lib")
     for path in (host_libdir, f"/lib/{triplet}"):
         if os.path.lexists(target + resolve_in_root(target, path)):
@@ -369,7 +389,7 @@ def stand_ins(target, host_arch, target_triplet, host_root="/",
                 continue
             if not os.path.isfile(target + inside) or os.path.islink(target + inside):
                 continue
-            host = os.path.realpath(os.path.join(host_root, path.lstrip("/")))
+            host = realpath_in(host_root, path)
             if os.path.islink(host) or _elf_machine(host) != machine:
                 continue
             seen.add(inside)
@@ -380,6 +400,6 @@ def stand_ins(target, host_arch, target_triplet, host_root="/",
     # The host's own compiled perl modules would be on a native perl's path.
     hidden = [f"{host_libdir}/{d}" for d in PERL_ARCH_DIRS
               if os.path.isdir(os.path.join(host_lib, d))]
-    host_loader = os.path.realpath(os.path.join(host_root, loader.lstrip("/")))
+    host_loader = realpath_in(host_root, loader)
     return StandIns(programs, (host_lib, host_libdir), host_loader, skipped,
                     hidden=hidden)

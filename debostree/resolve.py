@@ -243,6 +243,23 @@ class Resolution:
                             "installable version")
         return pkg
 
+    def version_of_source(self, name, wanted_source_version):
+        """The package ``name`` of this root's architecture with its
+        candidate set to a version built from ``wanted_source_version``, or
+        None."""
+        try:
+            pkg = self.cache[f"{name}:{self.root.arch}"]
+        except KeyError:
+            return None
+        for ver in pkg.version_list:
+            if not ver.file_list:
+                continue
+            self.records.lookup(ver.file_list[0])
+            if (self.records.source_ver or ver.ver_str) == wanted_source_version:
+                self.depcache.set_candidate_ver(pkg, ver)
+                return pkg
+        return None
+
     def has_package(self, name):
         try:
             return self.cache[name].has_versions
@@ -562,3 +579,43 @@ def resolve_remove(root, names, state, context):
         for arch in (pkg.architecture, "all"):
             new_state.packages.pop((pkg.name, arch), None)
     return new_state, []
+
+
+def resolve_stand_ins(root, targets, context):
+    """The builds for ``root``'s (host) architecture of ``targets`` (a
+    foreign tree's helper packages, LockedPackage) in their very versions,
+    with what those depend on: the host runtime their programs need to
+    stand in for the target's (native.py).  A package the host architecture
+    lacks in that version is left out (it stays emulated); so is everything
+    when the host's C library cannot be had in the target's version."""
+    step = Resolution(root, [], context, NO_FORCED_ESSENTIAL)
+    wanted = []
+    for pkg in sorted(targets, key=lambda p: p.name):
+        try:
+            wanted.append(step.lookup(PackageRequest(pkg.name, root.arch,
+                                                     pkg.version)))
+            continue
+        except UserError:
+            pass
+        # A binNMU of one architecture only: the same source version under
+        # another binary version is the same program.
+        found = step.version_of_source(pkg.name, source_version(pkg.stanza,
+                                                                pkg.version))
+        if found is not None:
+            wanted.append(found)
+    if not wanted:
+        return []
+    try:
+        step.install(wanted)
+    except UserError:
+        return []
+    return step.to_install()
+
+
+def source_version(stanza, version):
+    """The source version of a package (its own version unless the Source
+    field names another, as binNMUs do)."""
+    source = stanza.get("Source", "")
+    if "(" in source:
+        return source.split("(", 1)[1].rstrip(")").strip()
+    return version

@@ -69,6 +69,7 @@ class WorkFiles:
     apt = _("apt")                        # apt's directory for the plan
     skeleton = _("skeleton")              # a bootstrap's own directories
     lower_path = _("lower.path")          # the checkout under the overlay
+    stand_in_root = _("stand-ins.path")   # the unpacked stand-in packages
     base_manifest = _("base.manifest")    # the tree the stage starts from
     base_commit = _("base.commit")
     target = _("target")                  # the overlay: the stage's tree

@@ -14,6 +14,7 @@ full log is under ``BUILDDIR/logs/``.
 """
 
 import fcntl
+import hashlib
 import json
 import os
 import shlex
@@ -124,6 +125,11 @@ class Stage:
             with open(self.files.lower_path, "w") as f:
                 f.write(lower + "\n")
             self.note(f"[checkout: {time.monotonic() - t:.2f} s]")
+            if self.opts.stand_ins:
+                t = time.monotonic()
+                with open(self.files.stand_in_root, "w") as f:
+                    f.write(self.stand_in_root() + "\n")
+                self.note(f"[stand-ins: {time.monotonic() - t:.2f} s]")
             manifest.write(self.files.base_manifest, base_manifest)
             with open(self.files.base_commit, "w") as f:
                 f.write(base + "\n")
@@ -191,6 +197,46 @@ class Stage:
                     continue  # in use by a running stage
                 files.remove_tree(old.path)
                 os.unlink(old.path + ".lock")
+        return path
+
+    def stand_in_root(self):
+        """The locked stand-in packages (host architecture) unpacked into
+        one tree, laid out as a merged-/usr system with its dpkg status:
+        what native.py takes for "the host".  Made once per set of
+        packages (a metadata-only merge of their imported commits, checked
+        out with hardlinks) and kept."""
+        packages = self.opts.stand_ins
+        key = hashlib.sha256(" ".join(sorted(p.sha256 for p in packages))
+                             .encode()).hexdigest()[:32]
+        cache = os.path.join(self.config.builddir, "stand-ins")
+        path = os.path.join(cache, key)
+        if os.path.isdir(path):
+            return path
+        os.makedirs(cache, exist_ok=True)
+        commit = self.repo.commit_trees(
+            f"tmp/stand-ins/{key}",
+            [f"ref={ostree.package_ref(p.sha256, 'data')}" for p in packages],
+            "stand-ins", log=self.log)
+        tmp = f"{path}.tmp{os.getpid()}"
+        files.remove_tree(tmp)
+        self.repo.checkout(commit, tmp, log=self.log)
+        for name in ("bin", "sbin", "lib", "lib64"):
+            if os.path.isdir(os.path.join(tmp, "usr", name)) and \
+                    not os.path.lexists(os.path.join(tmp, name)):
+                os.symlink(f"usr/{name}", os.path.join(tmp, name))
+        os.makedirs(os.path.join(tmp, "var/lib/dpkg"), exist_ok=True)
+        with open(os.path.join(tmp, "var/lib/dpkg/status"), "w") as f:
+            f.write("\n".join(p.stanza.rstrip("\n") + "\nStatus: install ok "
+                              "installed\n" for p in packages))
+        # Host programs in the sandbox preload fakeroot's library from their
+        # own library directory: the sandbox's, matched to its daemon.
+        fakeroot = sandbox.FAKEROOT_LIB_DIRS[self.config.host_arch]
+        if os.path.isdir(fakeroot) and not os.path.lexists(tmp + fakeroot):
+            shutil.copytree(fakeroot, tmp + fakeroot, symlinks=True)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            files.remove_tree(tmp)  # another stage made it meanwhile
         return path
 
     def prepare_base(self):
@@ -506,9 +552,18 @@ def run_command(config, opts, kind, work, command, key, host_lib):
     if opts.fakeroot_deb and config.native_helpers:
         # Never for a `run` command (it may copy any program anywhere) or
         # a removal (it could not delete a file with a mount on it): the
-        # kind says.
+        # kind says.  The host programs are the lockfile's (stand_in_root),
+        # never the host system's own.
         triplet = os.path.basename(os.path.dirname(lib_dir))
-        helpers = kind.stand_ins(config, opts, target, triplet)
+        if os.path.exists(work.stand_in_root):
+            with open(work.stand_in_root) as f:
+                host_root = f.read().strip()
+            helpers = kind.stand_ins(config, opts, target, triplet, host_root)
+        elif kind.uses_stand_ins:
+            helpers = native.StandIns(reason="the lockfile has no stand-ins "
+                                      f"for {config.host_arch} hosts")
+        else:
+            helpers = None
         if helpers:
             ro_binds += helpers.mounts(work.native)
             preload = native.FAKEROOT_PRELOAD

@@ -13,7 +13,8 @@ from email.utils import parsedate_to_datetime
 
 from debian import deb822
 
-from . import archive, files, kinds, lockfile, proc, resolve
+from . import (archive, debianlayout, files, kinds, lockfile, native, proc,
+               resolve)
 from .errors import UserError, display_path
 
 
@@ -91,9 +92,44 @@ def resolve_all(recipes, mirrors, cache_dir, out=sys.stderr, releases=None):
                 roots[key], stage.for_arch(arch), state, context)
             states[(recipe.name, stage.name, arch)] = new_state
             locked[key].extend(installed)
+    for (name, arch), packages in locked.items():
+        packages.extend(lock_stand_ins(by_name[name], arch, states,
+                                       archive_cache, by_name, cache_dir, out))
     if releases is not None:
         releases.update(archive_cache.release_dates())
     return {key: lockfile.render(packages) for key, packages in locked.items()}
+
+
+def lock_stand_ins(recipe, arch, states, archive_cache, by_name, cache_dir, out):
+    """For a foreign recipe, the host-architecture builds of its helper
+    packages at the versions its stages install (resolve.resolve_stand_ins),
+    locked under the reserved stage name: which host programs may stand in
+    for emulated ones then depends on the lockfile alone, not on the host."""
+    if not any(kinds.get(s.kind).uses_stand_ins for s in recipe.stages):
+        return []
+    helpers = {}
+    for stage in recipe.stages:  # the last stage's version of each wins
+        for pkg in states[(recipe.name, stage.name, arch)].packages.values():
+            if pkg.name in native.HELPER_PACKAGES + (native.LIBC,) \
+                    and pkg.arch == arch:
+                helpers[pkg.name] = pkg
+    found = []
+    for host in debianlayout.STAND_IN_HOSTS:
+        if host == arch or native.LIBC not in helpers:
+            continue
+        indices = [i for arc in effective_archives(recipe, by_name)
+                   for i in archive_cache.indices(arc, host)]
+        print(f"resolving {recipe.name} ({arch}): stand-ins for {host} hosts",
+              file=out, flush=True)
+        root = resolve.AptRoot(
+            os.path.join(cache_dir, "apt", f"{recipe.name}.{arch}.{host}"),
+            host, indices)
+        for pkg in resolve.resolve_stand_ins(
+                root, helpers.values(), f"{display_path(recipe.path)}: "
+                f"stand-ins of {arch} for {host} hosts"):
+            pkg.stage = lockfile.STAND_INS_STAGE
+            found.append(pkg)
+    return found
 
 
 def host_architecture():
@@ -210,13 +246,16 @@ def check_consistency(recipe, arch, entries, path, inherited=()):
                             f"'{entry.archive}', which the recipe does not "
                             "list", path=path, line=entry.line,
                             hint="the recipe changed: run 'ninja update-lockfiles'")
-        if entry.stage not in stage_names:
+        if entry.stage not in stage_names and \
+                entry.stage != lockfile.STAND_INS_STAGE:
             raise UserError(f"package {entry.name} is locked for stage "
                             f"'{entry.stage}', which the recipe does not have",
                             path=path, line=entry.line,
                             hint="the recipe changed: run 'ninja update-lockfiles'")
     locked = {}
     for entry in list(entries) + list(inherited):
+        if entry.stage == lockfile.STAND_INS_STAGE:
+            continue  # never what a stage installs
         locked.setdefault(entry.name, []).append(entry)
         for item in (entry.get("Provides") or "").split(","):
             provided = item.strip().split(" ")[0]

@@ -209,3 +209,23 @@ def other_user_dir(directory, readable=()):
         if str(path) not in ("/", "/tmp"):
             os.chmod(path, os.stat(path).st_mode | 0o005)
     return OTHER_USER, {"HOME": info.pw_dir}
+
+
+def check_stand_ins(log, lock_path):
+    """A foreign bootstrap's stand-ins are the lockfile's: its log names
+    programs of the locked host-architecture packages (Lock-Stage:
+    stand-ins), at their source versions, whatever the host has installed."""
+    from debostree import lockfile, resolve
+    locked = {e.name: e for e in lockfile.read(str(lock_path))
+              if e.stage == lockfile.STAND_INS_STAGE}
+    assert "libc6" in locked and "coreutils" in locked, sorted(locked)
+    match = re.search(r"^native stand-ins: (.*)$", log, re.M)
+    assert match and not match.group(1).startswith("none"), log[-2000:]
+    named = re.findall(r"([a-z0-9.+-]+) (\S+) \((\d+) programs?\)",
+                       match.group(1))
+    assert len(named) >= 5, match.group(0)
+    for name, version, _ in named:
+        assert name in locked, (name, sorted(locked))
+        entry = locked[name]
+        assert version == resolve.source_version(
+            {"Source": entry.get("Source") or ""}, entry.version), (name, version)

@@ -191,7 +191,7 @@ def test_remove(tmp_path):
     [line] = kinds.get("remove").script(options, None, None)
     assert "purge -y iproute2 libfoo:arm64;" in line
     assert "dpkg --purge iproute2 libfoo:arm64" in line
-    assert kinds.get("remove").stand_ins(None, options, None, None) is None
+    assert kinds.get("remove").stand_ins(None, options, None, None, None) is None
 
 
 def test_run(tmp_path):
@@ -200,7 +200,7 @@ def test_run(tmp_path):
     options, _ = options_of("run", spec, tmp_path)
     assert kinds.get("run").command(options) == \
         ["/bin/sh", "-c", "set -e\necho one\necho two"]
-    assert kinds.get("run").stand_ins(None, options, None, None) is None
+    assert kinds.get("run").stand_ins(None, options, None, None, None) is None
     # A host key the command left behind is worth a warning.
     target = tmp_path / "t"
     (target / "etc/ssh").mkdir(parents=True)

@@ -48,6 +48,31 @@ def decode(cls, data, what):
     return cls(**data)
 
 
+@dataclass
+class PackageFile:
+    """A locked package as a stage installs it."""
+    name: str
+    version: str
+    arch: str
+    sha256: str
+    filename: str                   # its path in the archive
+    pool_path: str                  # the verified .deb
+    stanza: str                     # its Packages stanza
+    # The name dpkg knows it by (NAME:ARCH when Multi-Arch: same); only a
+    # bootstrap, which writes dpkg's status itself, needs it.
+    dpkg_name: str = field(default=None, metadata=OMIT_IF_NONE)
+
+    @classmethod
+    def of(cls, entry, pool_path, with_dpkg_name=False):
+        dpkg_name = None
+        if with_dpkg_name:
+            dpkg_name = f"{entry.name}:{entry.arch}" \
+                if entry.get("Multi-Arch") == "same" else entry.name
+        return cls(entry.name, entry.version, entry.arch, entry.sha256,
+                   entry.filename, pool_path, lockfile.stanza_text(entry.fields),
+                   dpkg_name)
+
+
 @dataclass(kw_only=True)
 class StageOptions:
     """What every stage's options file holds; a kind's ``Options`` adds its
@@ -60,11 +85,14 @@ class StageOptions:
     environment: dict               # variables of the stage's command
     source_date_epoch: int
     commit_timestamp: int = None    # None: the time of the commit
-    # Foreign architectures: the target's fakeroot library (sandboxlib.py).
+    # Foreign architectures: the target's fakeroot library (sandboxlib.py),
+    # and the locked host-architecture packages whose programs may stand in
+    # for emulated ones (PackageFile, native.py).
     fakeroot_deb: str = field(default=None, metadata=OMIT_IF_NONE)
+    stand_ins: list = field(default=None, metadata=OMIT_IF_NONE)
 
     # Fields holding lists of dataclasses: {field: class}.
-    NESTED = {}
+    NESTED = {"stand_ins": PackageFile}
 
     @property
     def label(self):
@@ -76,8 +104,11 @@ class StageOptions:
     @classmethod
     def from_json(cls, data, what="stage options"):
         values = dict(data) if isinstance(data, dict) else data
+        nested = {}
+        for klass in reversed(cls.__mro__):  # a kind's fields and the base's
+            nested.update(getattr(klass, "NESTED", {}))
         if isinstance(values, dict):
-            for name, item_class in cls.NESTED.items():
+            for name, item_class in nested.items():
                 if isinstance(values.get(name), list):
                     values[name] = [decode(item_class, item, f"{what}: {name}")
                                     for item in values[name]]
@@ -100,6 +131,9 @@ class Kind:
     # Whether services must be kept from starting (policy-rc.d) while the
     # stage runs: whenever packages may be configured.
     keeps_services_stopped = True
+    # Whether host programs may stand in for emulated ones in a foreign
+    # stage of this kind (``stand_ins``): the lockfile then pins them.
+    uses_stand_ins = False
 
     # -- the recipe -------------------------------------------------------
     def validate(self, src, keypath, value, context):
@@ -153,9 +187,10 @@ class Kind:
         """The lines of /run/debostree/script (``work``: WorkFiles)."""
         return []
 
-    def stand_ins(self, config, opts, target, triplet):
-        """Host programs that may run in place of the target's in a
-        foreign stage (native.py), or None: never for this kind."""
+    def stand_ins(self, config, opts, target, triplet, host_root):
+        """Host programs (from ``host_root``: the locked stand-in packages)
+        that may run in place of the target's in a foreign stage
+        (native.py), or None: never for this kind."""
         return None
 
     def finish(self, opts, target, helper, env):
@@ -179,31 +214,6 @@ def read_options(path, registry):
         raise UserError(f"{path}: unknown stage kind {kind!r}",
                         hint="run ./configure again")
     return registry[kind].Options.from_json(data, what=path)
-
-
-@dataclass
-class PackageFile:
-    """A locked package as a stage installs it."""
-    name: str
-    version: str
-    arch: str
-    sha256: str
-    filename: str                   # its path in the archive
-    pool_path: str                  # the verified .deb
-    stanza: str                     # its Packages stanza
-    # The name dpkg knows it by (NAME:ARCH when Multi-Arch: same); only a
-    # bootstrap, which writes dpkg's status itself, needs it.
-    dpkg_name: str = field(default=None, metadata=OMIT_IF_NONE)
-
-    @classmethod
-    def of(cls, entry, pool_path, with_dpkg_name=False):
-        dpkg_name = None
-        if with_dpkg_name:
-            dpkg_name = f"{entry.name}:{entry.arch}" \
-                if entry.get("Multi-Arch") == "same" else entry.name
-        return cls(entry.name, entry.version, entry.arch, entry.sha256,
-                   entry.filename, pool_path, lockfile.stanza_text(entry.fields),
-                   dpkg_name)
 
 
 def package_requests_for_arch(spec, arch):

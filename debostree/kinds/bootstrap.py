@@ -48,6 +48,7 @@ class BootstrapOptions(StageOptions):
 class Bootstrap(Kind):
     name = "bootstrap"
     Options = BootstrapOptions
+    uses_stand_ins = True
 
     def validate(self, src, keypath, value, context):
         if not isinstance(value, dict):
@@ -112,8 +113,9 @@ class Bootstrap(Kind):
     def script(self, opts, work, target):
         return preinst_script(opts, work, target)
 
-    def stand_ins(self, config, opts, target, triplet):
-        return native.stand_ins(target, config.host_arch, triplet)
+    def stand_ins(self, config, opts, target, triplet, host_root):
+        return native.stand_ins(target, config.host_arch, triplet,
+                                host_root=host_root)
 
 
 def read_steps(work):

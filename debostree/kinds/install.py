@@ -34,6 +34,7 @@ class InstallOptions(StageOptions):
 class Install(Kind):
     name = "install"
     Options = InstallOptions
+    uses_stand_ins = True
 
     def validate(self, src, keypath, value, context):
         return InstallSpec(package_requests(src, keypath, value,
@@ -74,9 +75,10 @@ class Install(Kind):
                 f"{APT} update",
                 f"{APT} install -y --no-install-recommends {names}"]
 
-    def stand_ins(self, config, opts, target, triplet):
+    def stand_ins(self, config, opts, target, triplet, host_root):
         incoming = native.deb_paths(p.pool_path for p in opts.packages)
         return native.stand_ins(target, config.host_arch, triplet,
+                                host_root=host_root,
                                 keep_versions={p.name: p.version
                                                for p in opts.packages},
                                 incoming=incoming)
