@@ -258,7 +258,9 @@ class GraphBuilder:
         self.write_options(list_path, [
             {"deb": self.absolute(self.fetch_edge(e)),
              "sha256": e.sha256, "summary": self.absolute(out),
-             "name": f"{e.name} {e.version}",
+             # Progress names the architecture: an amd64 stand-in and
+             # its arm64 twin are otherwise the same line.
+             "name": f"{e.name} {e.version} ({e.arch})",
              "expect": [e.name, e.version, e.arch]} for out, e in items])
         self.graph.builds.append(Build(
             [out for out, _ in items], "import_debs",

@@ -131,6 +131,8 @@ def test_build_and_incremental_rebuilds(template, pool, tmp_path):
     project = fresh(template, tmp_path)
     configure(project, pool)
     first = run(["ninja"], project).stdout
+    # Import progress names each package's architecture.
+    assert re.search(r"\] imported \S+ \S+ \((amd64|all)\)$", first, re.M), first
     ran = stages_run(first)
     assert {"appliance/base", "appliance/users", "appliance/tools",
             "appliance/perms", "appliance/files", "appliance/check",
