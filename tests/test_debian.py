@@ -6,7 +6,8 @@ import os
 import pytest
 
 from debostree import lockfile, mirrors, recipe, update
-from helpers import (DEFAULT_APT, apt_simulate, locked_set, mmdebstrap_like,
+from debostree.resolve import source_version
+from helpers import (DEFAULT_APT, apt_simulate, mmdebstrap_like,
                      status_of)
 
 pytestmark = pytest.mark.network
@@ -38,16 +39,29 @@ def resolve(tmp_path, cache, arch, stages):
 def test_minbase_matches_apt(tmp_path, cache, arch):
     text, root = resolve(tmp_path, cache, arch,
                          ["{name: base, bootstrap: {variant: minbase}}"])
-    got = locked_set(text)
+    entries = lockfile.parse(text)
+    got = {(e.name, e.arch): e.version for e in entries if e.stage == "base"}
     assert len(got) > 80
     assert got == mmdebstrap_like(root, arch, "?priority(required)",
                                   extra_merged_usr=True)
     assert ("usr-is-merged", "all") in got and ("usrmerge", "all") not in got
-    assert all(e.sha256 and e.filename.startswith("pool/")
-               for e in lockfile.parse(text))
+    assert all(e.sha256 and e.filename.startswith("pool/") for e in entries)
     # The build's own fakeroot library is never locked with the recipe
-    # (sandboxlib.py matches it to the host).
-    assert {e.stage for e in lockfile.parse(text)} == {"base"}
+    # (sandboxlib.py matches it to the host); a foreign recipe's lockfile
+    # also pins the amd64 builds of its helper programs, at its versions.
+    stand_ins = {e.name: e for e in entries
+                 if e.stage == lockfile.STAND_INS_STAGE}
+    assert {e.stage for e in entries} == \
+        ({"base"} if arch == "amd64" else {"base", lockfile.STAND_INS_STAGE})
+    if arch != "amd64":
+        assert {e.arch for e in stand_ins.values()} == {"amd64"}
+        target = {e.name: e for e in entries if e.arch == arch}
+
+        def source_of(entry):
+            return source_version({"Source": entry.get("Source") or ""},
+                                  entry.version)
+        for name in ("libc6", "coreutils", "dash", "sed", "perl-base"):
+            assert source_of(stand_ins[name]) == source_of(target[name]), name
 
 
 @pytest.mark.parametrize("arch", ["amd64", "arm64"])
