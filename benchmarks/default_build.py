@@ -22,14 +22,15 @@ from common import PYTHON, TOP, timed
 
 
 def ninja_log(builddir):
-    """{output: (start ms, end ms)} of the last run of every edge."""
+    """{output: (start ms, end ms, command hash)} of the last run of every
+    edge (an edge with several outputs has a line for each)."""
     edges = {}
     with open(os.path.join(builddir, ".ninja_log")) as f:
         for line in f:
             if line.startswith("#"):
                 continue
-            start, end, _, output, _ = line.rstrip("\n").split("\t")
-            edges[output] = (int(start), int(end))
+            start, end, _, output, command = line.rstrip("\n").split("\t")
+            edges[output] = (int(start), int(end), command)
     return edges
 
 
@@ -86,16 +87,19 @@ def main():
         total, out = timed(["ninja"] + targets, cwd=checkout)
         edges = ninja_log(os.path.join(checkout, "build"))
         print(f"default build, fresh build directory, warm pool: {total:.1f} s "
-              f"({len(edges)} edges)")
-        sums = {}
-        for output, (start, end) in edges.items():
+              f"({len({v for v in edges.values()})} edges)")
+        sums, counted = {}, set()
+        for output, (start, end, command) in edges.items():
+            if (start, end, command) in counted:
+                continue  # another output of an edge already counted
+            counted.add((start, end, command))
             sums[kind_of(output)] = sums.get(kind_of(output), 0) + (end - start)
         print("  edge time summed by kind: " + ", ".join(
             f"{k} {v / 1000:.1f} s" for k, v in sorted(sums.items(),
                                                        key=lambda kv: -kv[1])))
         print("  critical path:")
         for output in critical_path(checkout, edges):
-            start, end = edges[output]
+            start, end, _ = edges[output]
             print(f"    {start / 1000:7.1f} .. {end / 1000:7.1f} s  "
                   f"({(end - start) / 1000:6.1f} s)  {output}")
         stages = re.findall(r"STAGE (\S+ ?\S*) \((\w+)\)", out)
