@@ -19,6 +19,11 @@ TRIPLETS = {
 # The Debian architecture names this tool knows how to build.
 ARCHITECTURES = tuple(TRIPLETS)
 
+# Debian architecture -> the ELF e_machine of its programs.
+ELF_MACHINES = {"amd64": 62, "arm64": 183, "armhf": 40, "armel": 40,
+                "i386": 3, "ppc64el": 21, "riscv64": 243, "s390x": 22,
+                "mips64el": 8}
+
 # fakeroot's preload library directory, per architecture.
 FAKEROOT_LIB_DIRS = {arch: f"/usr/lib/{triplet}/libfakeroot"
                      for arch, triplet in TRIPLETS.items()}

@@ -42,6 +42,7 @@ import os
 import shutil
 
 from . import files, treepath
+from .stagefiles import RUN_INSIDE
 from .errors import UserError
 
 TMPFILES = "/usr/lib/tmpfiles.d/debostree-var.conf"
@@ -62,6 +63,80 @@ DATA_LINKS = (("/home", "var/home"), ("/root", "var/roothome"),
 # not content: they are dropped, their directories kept.
 DROPPED_FILES_UNDER = ("/var/log/", "/var/cache/apt/", "/var/lib/apt/lists/",
                        "/var/cache/man/", "/var/tmp/", "/var/cache/ldconfig/")
+
+
+LDD_WRAPPER = "ldd"
+LDD_WRAPPER_TEXT = """\
+#!/bin/sh
+# ldd for dracut, without the build's fakeroot library (LD_PRELOAD), which
+# the dynamic loader would list as a dependency of every program.
+unset LD_PRELOAD
+exec ldd "$@"
+"""
+INSTALL_WRAPPER = "dracut-install"
+DRACUT_INSTALL = "/usr/lib/dracut/dracut-install"   # Debian's, 059 and 106
+# dracut-install for a tree with native stand-ins bound over some of its
+# programs: the copies of stand-ins it made are replaced by the tree's own
+# files (same path under $DEBOSTREE_SYSROOT, where no stand-in is mounted),
+# found by their digests.  In dracut's lazy mode that happens before the
+# pass that resolves libraries (-R), which then sees the target's programs;
+# otherwise after each install, with the restored files' libraries resolved
+# as dracut-install -l would have.  Runs on the stand-ins (sh, find,
+# sha256sum, grep, cp), so it costs a fraction of a second per pass.
+INSTALL_WRAPPER_TEXT = """\
+#!/bin/sh
+real={real}
+digests={digests}
+initdir=${{DESTROOTDIR:-}}
+previous=
+for arg in "$@"; do
+    [ "$previous" != -D ] || initdir=$arg
+    previous=$arg
+done
+preserve=mode,timestamps,ownership
+[ "$(id -u)" != 0 ] || [ -n "${{DRACUT_NO_XATTR:-}}" ] ||
+    preserve=mode,xattr,timestamps,ownership
+
+restore() {{
+    [ -n "$initdir" ] && [ -d "$initdir" ] || return 0
+    find "$initdir" -type f ! -name '*.ko' ! -name '*.ko.*' -print0 |
+        xargs -0r sha256sum | grep -F -f "$digests.only" |
+        while read -r digest file; do
+            inside=$(grep -m1 "^$digest " "$digests" | cut -d' ' -f2-)
+            cp --reflink=auto --sparse=auto --preserve=$preserve -fL \\
+                "$DEBOSTREE_SYSROOT$inside" "$file" || exit 1
+            echo "$file"
+        done
+}}
+
+case " $* " in
+*" -R "*)
+    restore > /dev/null || exit 1
+    exec "$real" "$@" ;;
+esac
+"$real" "$@"
+status=$?
+if [ -z "${{DRACUT_RESOLVE_LAZY:-}}" ]; then
+    restored=$(restore) || exit 1
+    [ -z "$restored" ] || printf '%s\\n' "$restored" |
+        xargs -d '\\n' "$real" -D "$initdir" -R -- || status=$?
+fi
+exit $status
+"""
+
+
+def write_dracut_helpers(work):
+    """The ldd and dracut-install wrappers ``kernel_script`` names, into the
+    stage's run directory (``work``: WorkFiles; RUN_INSIDE in the sandbox)."""
+    digests = RUN_INSIDE + "/" + os.path.relpath(work.stand_in_digests, work.run)
+    texts = {LDD_WRAPPER: LDD_WRAPPER_TEXT,
+             INSTALL_WRAPPER: INSTALL_WRAPPER_TEXT.format(
+                 real=DRACUT_INSTALL, digests=digests)}
+    for name, text in texts.items():
+        path = os.path.join(work.run, name)
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, 0o755)
 
 
 def kernel_script(dracut_modules):
@@ -90,6 +165,18 @@ def kernel_script(dracut_modules):
         # minutes on a generic initramfs, zstd seconds.
         'compress="gzip -n -6"; ! command -v zstd >/dev/null || '
         'compress="zstd -q -T0 -10"',
+        # The build's fakeroot library is preloaded into every program:
+        # ldd lists it, and dracut would copy it into the initramfs.
+        f'export DRACUT_LDD={RUN_INSIDE}/{LDD_WRAPPER}',
+        # With native stand-ins bound over some of the tree's programs,
+        # dracut copies them like any program: its installer puts the
+        # tree's own back (from $DEBOSTREE_SYSROOT) before their libraries
+        # are resolved.
+        'if [ -n "${DEBOSTREE_SYSROOT:-}" ]; then',
+        f'  export DRACUT_INSTALL={RUN_INSIDE}/{INSTALL_WRAPPER}',
+        '  echo "deployable: dracut runs with native stand-ins; the tree\'s '
+        'own programs replace their copies in the initramfs"',
+        'fi',
         f'dracut --quiet --force --no-hostonly --reproducible --add "{modules}" '
         '--compress "$compress" --kver "$kver" "$dir/initramfs.img"',
         'rm -f "/boot/vmlinuz-$kver" "/boot/initrd.img-$kver" /vmlinuz '

@@ -15,11 +15,19 @@ bind-mounted over which target files for the length of one stage command,
 and the host runtime (its multiarch library directory and dynamic loader)
 they need.  It refuses whenever the stand-ins could be noticed:
 
-- only interpreters and text tools whose output does not depend on the
-  machine (``uname`` and ``arch`` stay emulated, and dpkg always does: it
-  knows its architecture at compile time);
-- never in a tree that holds or receives a kernel: initramfs generators
-  copy the programs they find into its image, and would copy host binaries;
+- only interpreters, text tools and archive tools whose output does not
+  depend on the machine (``uname`` and ``arch`` stay emulated, and dpkg
+  always does: it knows its architecture at compile time; its dpkg-deb,
+  which unpacks each package, and update-alternatives may stand in), and
+  kmod, whose depmod writes the same machine-independent indices;
+- in a tree that holds or receives a kernel, only where the stage keeps
+  initramfs generators from copying them (they copy the programs they find
+  into the image): an install stage whose environment defers the
+  initramfs (``INITRD=No``, which the kernel's hooks honour), and the
+  deployable stage, whose dracut installer puts the tree's own files (read
+  through a second mount of the tree, without the stand-ins) in place of
+  its copies of them.  Every initramfs a command makes
+  with stand-ins bound in is then checked to hold only target programs;
 - never when the target already has files at the host runtime's paths;
 - only when host and target have the same libc6 version, since a host
   program runs on the host's C library (bound in with the host runtime);
@@ -37,6 +45,7 @@ The bind mounts vanish with the sandbox, so the committed tree never holds a
 host file; the fidelity tests compare a foreign bootstrap with mmdebstrap's.
 """
 
+import hashlib
 import os
 import shutil
 import struct
@@ -48,7 +57,11 @@ from . import debianlayout, proc
 # Packages whose programs may stand in, and files of theirs that must not:
 # they report the machine they run on.
 HELPER_PACKAGES = ("dash", "bash", "coreutils", "sed", "grep", "findutils",
-                   "diffutils", "perl-base")
+                   "diffutils", "perl-base", "kmod", "dpkg")
+# Of these packages, only these programs stand in.  dpkg itself knows its
+# architecture at compile time; dpkg-deb (which dpkg runs to unpack every
+# package) and update-alternatives do not.
+ONLY_PROGRAMS = {"dpkg": {"dpkg-deb", "update-alternatives"}}
 # stdbuf preloads the tree's (foreign) libstdbuf.so into what it starts.
 MACHINE_REPORTERS = {"/usr/bin/uname", "/bin/uname", "/usr/bin/arch", "/bin/arch",
                      "/usr/bin/stdbuf", "/bin/stdbuf"}
@@ -81,6 +94,22 @@ class StandIns:
         self.skipped = list(skipped)    # "sed: host 4.9-1, target 4.9-1+deb12u1"
         self.reason = reason            # why there are none at all
         self.hidden = list(hidden)      # host runtime paths inside, shown empty
+        self.initramfs_kept_apart = None  # see stand_ins()
+        self.copies = []                # (bound file, path inside): mounts()
+
+    def write_digests(self, path, digests_only_path):
+        """Write "SHA256 PATH-INSIDE" for each bound program (after
+        ``mounts``) to ``path``, and the digests alone to the other file:
+        what a copy of a stand-in looks like, and whose place it took
+        (deployable.py restores the tree's own from that)."""
+        with open(path, "w") as out, open(digests_only_path, "w") as only:
+            for copy, inside in self.copies:
+                digest = hashlib.sha256()
+                with open(copy, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(block)
+                out.write(f"{digest.hexdigest()} {inside}\n")
+                only.write(f"{digest.hexdigest()}\n")
 
     def __bool__(self):
         return bool(self.programs)
@@ -96,6 +125,8 @@ class StandIns:
             for package, count in counts.items())
         if self.skipped:
             text += "; emulated: " + "; ".join(self.skipped)
+        if self.initramfs_kept_apart:
+            text += f"; with a kernel: {self.initramfs_kept_apart}"
         return text
 
     def mounts(self, directory):
@@ -125,6 +156,7 @@ class StandIns:
             if set_interpreter(copy, LOADER):
                 binds.append((copy, inside))
                 kept.append((host, inside, package))
+                self.copies.append((copy, inside))
             else:
                 os.unlink(copy)
         self.programs = kept
@@ -302,7 +334,7 @@ def _merged(paths):
 
 
 def stand_ins(target, host_arch, target_triplet, host_root="/",
-              keep_versions=None, incoming=()):
+              keep_versions=None, incoming=(), initramfs_kept_apart=None):
     """The host programs that may stand in for the target's in ``target``.
 
     ``keep_versions``: {package: version} the stage is about to install;
@@ -310,6 +342,10 @@ def stand_ins(target, host_arch, target_triplet, host_root="/",
     emulated (dpkg could not replace a file with a mount on it).
     ``incoming``: [(package file, path)] the stage is about to install
     (``deb_paths``), checked like the tree's own files.
+    ``initramfs_kept_apart``: why no initramfs made in this stage will hold
+    a stand-in (the caller's promise, which the stage run
+    checks afterwards: ``initramfs_images``); then a kernel is no reason to
+    refuse.
     """
     runtime = HOST_RUNTIMES.get(host_arch)
     if runtime is None:
@@ -322,7 +358,7 @@ def stand_ins(target, host_arch, target_triplet, host_root="/",
     for path in (host_libdir, f"/lib/{triplet}"):
         if os.path.lexists(target + resolve_in_root(target, path)):
             return StandIns(reason=f"the tree has {path}")
-    for path in KERNEL_PATHS:
+    for path in () if initramfs_kept_apart else KERNEL_PATHS:
         if _has_content(target + resolve_in_root(target, path)):
             return StandIns(reason=f"the tree has a kernel in {path}, for "
                             "which initramfs generators copy programs")
@@ -332,7 +368,8 @@ def stand_ins(target, host_arch, target_triplet, host_root="/",
     perl_incoming = None
     for deb, path in incoming:
         name = os.path.basename(deb)
-        if path.startswith(tuple(p + "/" for p in KERNEL_PATHS)):
+        if not initramfs_kept_apart and \
+                path.startswith(tuple(p + "/" for p in KERNEL_PATHS)):
             return StandIns(reason=f"{name} brings {path}, for which "
                             "initramfs generators copy programs")
         if _under(path, host_runtime_paths):
@@ -381,8 +418,11 @@ def stand_ins(target, host_arch, target_triplet, host_root="/",
         with open(list_path, encoding="utf-8", errors="replace") as f:
             paths = [line.rstrip("\n") for line in f]
         label = f"{name} {mine.source_version}"
+        only = ONLY_PROGRAMS.get(name)
         for path in paths:
             if not path.startswith(BIN_DIRS) or path in MACHINE_REPORTERS:
+                continue
+            if only is not None and os.path.basename(path) not in only:
                 continue
             inside = resolve_in_root(target, path)
             if inside in seen or inside in MACHINE_REPORTERS:
@@ -401,5 +441,40 @@ def stand_ins(target, host_arch, target_triplet, host_root="/",
     hidden = [f"{host_libdir}/{d}" for d in PERL_ARCH_DIRS
               if os.path.isdir(os.path.join(host_lib, d))]
     host_loader = realpath_in(host_root, loader)
-    return StandIns(programs, (host_lib, host_libdir), host_loader, skipped,
-                    hidden=hidden)
+    found = StandIns(programs, (host_lib, host_libdir), host_loader, skipped,
+                     hidden=hidden)
+    found.initramfs_kept_apart = initramfs_kept_apart
+    return found
+
+
+# Where initramfs generators write their images: initramfs-tools and
+# dracut's kernel hooks in /boot, kernel-install under /boot or /efi, an
+# OSTree tree beside its kernel in /usr/lib/modules/VERSION.
+INITRAMFS_DIRS = ("/boot", "/efi")
+INITRAMFS_NAMES = ("initrd", "initramfs")
+
+
+def initramfs_images(target):
+    """{path inside: (size, mtime_ns, inode)} of the initramfs images in
+    the tree at ``target``; compared before and after a command that ran
+    with stand-ins, it says which images that command made."""
+    found = {}
+
+    def add(directory, names):
+        for name in names:
+            full = os.path.join(directory, name)
+            if name.lower().startswith(INITRAMFS_NAMES) and \
+                    os.path.isfile(full) and not os.path.islink(full):
+                st = os.stat(full)
+                found["/" + os.path.relpath(full, target)] = \
+                    (st.st_size, st.st_mtime_ns, st.st_ino)
+    for top in INITRAMFS_DIRS:
+        for directory, _, names in os.walk(target + resolve_in_root(target, top)):
+            add(directory, names)
+    modules = target + resolve_in_root(target, "/usr/lib/modules")
+    if os.path.isdir(modules):
+        for version in os.listdir(modules):
+            if os.path.isdir(os.path.join(modules, version)):
+                add(os.path.join(modules, version),
+                    os.listdir(os.path.join(modules, version)))
+    return found

@@ -53,6 +53,10 @@ class StageFiles:
         return self.base + ".options.json"
 
 
+# Where WorkFiles.run is inside the sandbox.
+RUN_INSIDE = "/run/debostree"
+
+
 class WorkFiles:
     """A stage run's work directory, ``BUILDDIR/work/RECIPE/ARCH/STAGE``:
     written by one step of the run and read by a later one (host side,
@@ -75,7 +79,9 @@ class WorkFiles:
     target = _("target")                  # the overlay: the stage's tree
     upper = _("upper")
     overlay_work = _("ovl")
-    run = _("run")                        # /run/debostree in the sandbox
+    run = _("run")                        # RUN_INSIDE in the sandbox
+    stand_in_digests = _("run/stand-ins.sha256")  # "SHA256 PATH" per stand-in
+    stand_in_digests_only = _("run/stand-ins.sha256.only")
     native = _("native")                  # stand-ins' mount sources
     libfakeroot = _("libfakeroot")        # a foreign chroot's library
     faked_save = _("faked.save")          # the fakeroot daemon's state

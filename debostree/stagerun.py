@@ -26,11 +26,11 @@ import sys
 import threading
 import time
 
-from . import (deployable, files, ids, kinds, manifest, native, ostree, proc, sandbox,
-               sandboxlib, treepath)
+from . import (debianlayout, deployable, files, ids, initramfs, kinds, manifest,
+               native, ostree, proc, sandbox, sandboxlib, treepath)
 from .errors import UserError
 from .project import load_config, ninja_ancestor
-from .stagefiles import StageFiles, WorkFiles
+from .stagefiles import RUN_INSIDE, StageFiles, WorkFiles
 
 # What a stage never leaves in a tree: logs, caches and backups that differ
 # from run to run (documented in docs/recipes.md).
@@ -548,7 +548,10 @@ def run_command(config, opts, kind, work, command, key, host_lib):
         proc.run(["dpkg-deb", "-x", opts.fakeroot_deb, work.libfakeroot])
         chroot_lib = work.libfakeroot + lib_dir
     ro_binds = [(chroot_lib, lib_dir)]
+    binds = []
+    extra_env = {}
     preload = None
+    helpers = None
     if opts.fakeroot_deb and config.native_helpers:
         # Never for a `run` command (it may copy any program anywhere) or
         # a removal (it could not delete a file with a mount on it): the
@@ -567,15 +570,27 @@ def run_command(config, opts, kind, work, command, key, host_lib):
         if helpers:
             ro_binds += helpers.mounts(work.native)
             preload = native.FAKEROOT_PRELOAD
+            if kind.pristine_view:
+                # The same tree again, without the stand-ins (a bind of the
+                # checkout directory does not carry the sandbox's mounts),
+                # and what the stand-ins are, for the kind's script.
+                os.makedirs(work.run + kind.pristine_view[len(RUN_INSIDE):],
+                            exist_ok=True)
+                binds.append((target, kind.pristine_view))
+                extra_env["DEBOSTREE_SYSROOT"] = kind.pristine_view
+                helpers.write_digests(work.stand_in_digests,
+                                      work.stand_in_digests_only)
         if helpers is not None:
             print(helpers.describe(), flush=True)
     # Mount points the sandbox has to create go again afterwards.
     created = sorted({c for c in (_missing_ancestor(target, inside)
                                   for _, inside in ro_binds) if c})
-    chroot_env = sandbox.chroot_env(dict(opts.environment), key, lib_dir,
-                                    opts.source_date_epoch, preload)
-    ro_binds.append((work.run, "/run/debostree"))
-    argv = sandbox.bwrap_argv(target, command, chroot_env, ro_binds=ro_binds)
+    chroot_env = sandbox.chroot_env({**opts.environment, **extra_env}, key,
+                                    lib_dir, opts.source_date_epoch, preload)
+    ro_binds.append((work.run, RUN_INSIDE))
+    argv = sandbox.bwrap_argv(target, command, chroot_env, binds=binds,
+                              ro_binds=ro_binds)
+    images_before = native.initramfs_images(target) if helpers else None
     try:
         print("$ " + " ".join(command), flush=True)
         with timed("command"):
@@ -584,6 +599,28 @@ def run_command(config, opts, kind, work, command, key, host_lib):
         with treepath.Tree(target) as tree:
             for path in created:
                 tree.rmtree(path)
+    if helpers:
+        check_initramfs_images(target, opts.arch, images_before)
+
+
+def check_initramfs_images(target, arch, before):
+    """Every initramfs image the command made or changed while stand-ins
+    were bound in holds only programs for the target's machine."""
+    machine = debianlayout.ELF_MACHINES[arch]
+    after = native.initramfs_images(target)
+    for path in sorted(p for p, sig in after.items() if before.get(p) != sig):
+        with timed(f"check {path}"):
+            foreign = initramfs.foreign_elf_files(target + path, machine)
+        if foreign:
+            shown = ", ".join(name for name, _ in foreign[:5])
+            more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+            raise UserError(
+                f"the initramfs {path}, made while native stand-ins were "
+                f"bound in, holds programs for another machine ({shown}{more})"
+                ": an initramfs generator ran that the stage did not expect; "
+                "defer it to the deployable stage (environment INITRD: No) or "
+                "configure with --no-native-helpers")
+        print(f"checked {path}: every program in it is for {arch}", flush=True)
 
 
 def prepare(work_path):

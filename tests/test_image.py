@@ -294,3 +294,28 @@ def test_arm64_image_builds(project, tmp_path):
     disk = work / "build" / "images" / "server.arm64.img"
     check_layout(disk, tmp_path, branch_commit(work, "arm64"), "BOOTAA64.EFI")
     assert partitions(disk)["root"][2] == "B921B045-1DF0-41C3-AF44-4C6F280D3FAE"
+    # The kernel's stages ran with native stand-ins, and the initramfs has
+    # the target's programs all the same, those that stood in (dash, cp,
+    # sed) too: every ELF file in it is an arm64 one.  Nor does it hold the
+    # build's fakeroot library.
+    logs = work / "build" / "logs" / "server" / "arm64"
+    for stage in ("boot", "deployable"):
+        log = (logs / f"{stage}.log").read_text()
+        assert re.search(r"^native stand-ins: dash .*coreutils", log, re.M), stage
+    assert "dracut reads the tree at" in (logs / "deployable.log").read_text()
+    image = run(["ostree", f"--repo={work}/build/repo", "ls", "-R",
+                 "exampleos/trixie/arm64/server", "/usr/lib/modules"],
+                work).stdout
+    path = [line.split()[-1] for line in image.splitlines()
+            if line.endswith("/initramfs.img")][0]
+    data = subprocess.run(["ostree", f"--repo={work}/build/repo", "cat",
+                           "exampleos/trixie/arm64/server", path],
+                          capture_output=True, check=True).stdout
+    (tmp_path / "initramfs.img").write_bytes(data)
+    from debostree import initramfs
+    machines = initramfs.elf_files(str(tmp_path / "initramfs.img"))
+    assert {"usr/bin/dash", "usr/bin/cp", "usr/bin/sed", "usr/bin/kmod",
+            "usr/lib/systemd/systemd"} <= set(machines)
+    assert {m for m in machines.values()} == {183}, \
+        sorted(n for n, m in machines.items() if m != 183)[:20]
+    assert not [n for n in machines if "libfakeroot" in n]

@@ -244,8 +244,17 @@ def test_deployable(tmp_path):
     with pytest.raises(UserError, match="unknown key 'modules'"):
         validate("deployable", "{modules: [lvm]}")
     options, _ = options_of("deployable", spec, tmp_path)
-    lines = kinds.get("deployable").script(options, None, None)
+    from debostree.stagefiles import WorkFiles
+    work = WorkFiles(str(tmp_path / "work"))
+    os.makedirs(work.run)
+    lines = kinds.get("deployable").script(options, work, None)
     assert any("ostree lvm" in line for line in lines)
+    # The wrappers the script names are in its run directory.
+    for name in ("ldd", "dracut-install"):
+        assert os.access(os.path.join(work.run, name), os.X_OK)
+        assert any(f"=/run/debostree/{name}" in line for line in lines)
+    assert "digests=/run/debostree/stand-ins.sha256\n" in open(
+        os.path.join(work.run, "dracut-install")).read()
     assert kinds.get("deployable").command(options) == \
         ["/bin/sh", "-e", "/run/debostree/script"]
 
@@ -267,3 +276,59 @@ def test_bootstrap_dpkg_database():
     assert files["/var/lib/dpkg/triggers/File"] == "/usr/share/man man-db/noawait\n"
     assert files["/var/lib/dpkg/triggers/ldconfig"] == "libc-bin\n"
     assert files["/var/lib/dpkg/arch"] == "arm64\n"
+
+
+def test_dracut_installer_puts_the_trees_programs_back(tmp_path):
+    """The deployable stage's dracut-install wrapper, run by the host's sh
+    around a stand-in installer: copies of stand-ins in the initramfs are
+    replaced by the tree's own files before libraries are resolved (-R), and
+    after a non-lazy install with their libraries resolved then."""
+    import hashlib
+    import subprocess
+    from debostree import deployable
+    sysroot, initdir = tmp_path / "sysroot", tmp_path / "initdir"
+    (sysroot / "usr" / "bin").mkdir(parents=True)
+    (initdir / "usr" / "bin").mkdir(parents=True)
+    stand_in = b"\x7fELF host build of sed"
+    (sysroot / "usr" / "bin" / "sed").write_bytes(b"\x7fELF the tree's sed")
+    (sysroot / "usr" / "bin" / "sed").chmod(0o751)
+    digest = hashlib.sha256(stand_in).hexdigest()
+    (tmp_path / "digests").write_text(f"{digest} /usr/bin/sed\n")
+    (tmp_path / "digests.only").write_text(f"{digest}\n")
+    calls = tmp_path / "calls"
+    # The installer copies what the sandbox shows at /usr/bin/sed: the
+    # stand-in; with -R it records what it would resolve, and in what state.
+    real = tmp_path / "real-dracut-install"
+    real.write_text(f"""#!/bin/sh
+case " $* " in
+*" -R "*) for f; do [ -f "$f" ] && echo "R $f $(cat "$f")" >> {calls}; done ;;
+*) printf '{stand_in.decode()}' > {initdir}/usr/bin/sed
+   printf 'other' > {initdir}/usr/bin/other
+   echo "install $*" >> {calls} ;;
+esac
+""")
+    real.chmod(0o755)
+    wrapper = tmp_path / "wrapper"
+    wrapper.write_text(deployable.INSTALL_WRAPPER_TEXT.format(
+        real=real, digests=tmp_path / "digests"))
+    wrapper.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "DEBOSTREE_SYSROOT": str(sysroot)}
+
+    def run(*args, lazy=True):
+        subprocess.run([str(wrapper), "-D", str(initdir), *args], check=True,
+                       env={**env, **({"DRACUT_RESOLVE_LAZY": "1"} if lazy else {})})
+    # Lazy: the copy stays until the resolving pass, which sees the tree's.
+    run("-a", "sed")
+    assert (initdir / "usr" / "bin" / "sed").read_bytes() == stand_in
+    run("-R", "--", str(initdir / "usr" / "bin" / "sed"))
+    assert (initdir / "usr" / "bin" / "sed").read_bytes() == b"\x7fELF the tree's sed"
+    assert (initdir / "usr" / "bin" / "sed").stat().st_mode & 0o777 == 0o751
+    assert f"R {initdir}/usr/bin/sed \x7fELF the tree's sed" in calls.read_text()
+    # Not lazy: restored right after, and its libraries resolved.
+    calls.write_text("")
+    run("-a", "sed", lazy=False)
+    assert (initdir / "usr" / "bin" / "sed").read_bytes() == b"\x7fELF the tree's sed"
+    assert (initdir / "usr" / "bin" / "other").read_bytes() == b"other"
+    assert calls.read_text().splitlines() == [
+        f"install -D {initdir} -a sed",
+        f"R {initdir}/usr/bin/sed \x7fELF the tree's sed"]

@@ -144,6 +144,43 @@ def test_kernels_turn_them_off(roots):
     assert stand_ins(roots)
 
 
+def test_a_stage_that_keeps_the_initramfs_apart_may_have_a_kernel(roots, tmp_path):
+    from debarchive import build_deb
+    _, target = roots
+    write(target + "/boot/vmlinuz-6.1.0-arm64", b"kernel", 0o644)
+    found = stand_ins(roots, initramfs_kept_apart="the initramfs is deferred")
+    assert found and "with a kernel: the initramfs is deferred" in found.describe()
+    kernel = build_deb(str(tmp_path), "linux-image-test", files={
+        "usr/lib/modules/6.1.0-test/kernel/m.ko": "x\n"})
+    assert stand_ins(roots, incoming=native.deb_paths([kernel]),
+                     initramfs_kept_apart="deferred")
+    # The host runtime's paths still turn them off.
+    amd64 = build_deb(str(tmp_path), "libfoo", files={
+        "usr/lib/x86_64-linux-gnu/libfoo.so.1": "x\n"})
+    assert not stand_ins(roots, incoming=native.deb_paths([amd64]),
+                         initramfs_kept_apart="deferred")
+
+
+def test_initramfs_images_show_what_a_command_made(tmp_path):
+    target = str(tmp_path)
+    os.makedirs(target + "/usr/lib/modules/6.1.0-arm64/kernel")
+    write(target + "/usr/lib/modules/6.1.0-arm64/kernel/initrd-helper.ko", b"x")
+    write(target + "/boot/vmlinuz-6.1.0-arm64", b"kernel", 0o644)
+    os.symlink("boot/initrd.img-6.1.0-arm64", target + "/initrd.img")
+    assert native.initramfs_images(target) == {}
+    write(target + "/boot/initrd.img-6.1.0-arm64", b"image", 0o644)
+    write(target + "/boot/0123/6.1.0-arm64/initrd", b"image", 0o644)
+    write(target + "/usr/lib/modules/6.1.0-arm64/initramfs.img", b"image", 0o644)
+    before = native.initramfs_images(target)
+    assert sorted(before) == ["/boot/0123/6.1.0-arm64/initrd",
+                              "/boot/initrd.img-6.1.0-arm64",
+                              "/usr/lib/modules/6.1.0-arm64/initramfs.img"]
+    write(target + "/boot/initrd.img-6.1.0-arm64", b"another image", 0o644)
+    after = native.initramfs_images(target)
+    changed = [p for p in after if before.get(p) != after[p]]
+    assert changed == ["/boot/initrd.img-6.1.0-arm64"]
+
+
 def test_host_runtime_paths_in_the_tree_turn_them_off(roots):
     _, target = roots
     os.makedirs(target + "/usr/lib/x86_64-linux-gnu")

@@ -104,6 +104,10 @@ def test_initramfs_boots_ostree(server, tmp_path):
                            capture_output=True, check=True).stdout.decode()
     assert "usr/lib/ostree/ostree-prepare-root" in names.split()
     assert "usr/lib/systemd/system/ostree-prepare-root.service" in names.split()
+    # The libraries of its programs, not the build's fakeroot library
+    # (preloaded into every program of the build, so ldd lists it).
+    assert "usr/lib/x86_64-linux-gnu/libc.so.6" in names.split()
+    assert "libfakeroot" not in names
 
 
 def test_published_commit_deploys(server, tmp_path):

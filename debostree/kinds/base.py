@@ -134,6 +134,11 @@ class Kind:
     # Whether host programs may stand in for emulated ones in a foreign
     # stage of this kind (``stand_ins``): the lockfile then pins them.
     uses_stand_ins = False
+    # Where, while stand-ins are bound in, the stage's tree is mounted a
+    # second time without them (a path inside the sandbox, announced to the
+    # script as $DEBOSTREE_SYSROOT), or None: for a command that must read
+    # the target's own programs, such as an initramfs generator.
+    pristine_view = None
 
     # -- the recipe -------------------------------------------------------
     def validate(self, src, keypath, value, context):

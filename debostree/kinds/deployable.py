@@ -4,7 +4,7 @@ is rearranged into what ``ostree admin deploy`` expects (deployable.py)."""
 
 from dataclasses import dataclass
 
-from .. import deployable, proc
+from .. import deployable, native, proc
 from ..recipefields import NAME_RE, check_keys, describe, shown, string_list
 from .base import Kind, StageOptions
 
@@ -22,6 +22,12 @@ class DeployableOptions(StageOptions):
 class Deployable(Kind):
     name = "deployable"
     Options = DeployableOptions
+    # dracut runs on the target's programs, or on the host builds of the
+    # same versions (native.py): with those bound in, the copies it makes of
+    # them are replaced by the tree's own files, read from a view of the
+    # tree without them (deployable.INSTALL_WRAPPER_TEXT).
+    uses_stand_ins = True
+    pristine_view = "/run/debostree/sysroot"
 
     def validate(self, src, keypath, value, context):
         if value is None:
@@ -43,7 +49,14 @@ class Deployable(Kind):
         return {"dracut_modules": list(stage.options.dracut_modules)}, []
 
     def script(self, opts, work, target):
+        deployable.write_dracut_helpers(work)
         return deployable.kernel_script(opts.dracut_modules)
+
+    def stand_ins(self, config, opts, target, triplet, host_root):
+        return native.stand_ins(
+            target, config.host_arch, triplet, host_root=host_root,
+            initramfs_kept_apart="dracut's copies of them are replaced by "
+            "the tree's own")
 
     def finish(self, opts, target, helper, env):
         proc.run(helper + ["deployable", target], env=env)

@@ -81,7 +81,17 @@ class Install(Kind):
                                 host_root=host_root,
                                 keep_versions={p.name: p.version
                                                for p in opts.packages},
-                                incoming=incoming)
+                                incoming=incoming,
+                                initramfs_kept_apart=initramfs_deferred(opts))
+
+
+def initramfs_deferred(opts):
+    """Why no initramfs is made in this stage, or None.  INITRD=No is what
+    Debian's kernel packages pass their hooks for a kernel without one, and
+    the hooks of initramfs-tools and dracut honour it."""
+    if opts.environment.get("INITRD") == "No":
+        return "the initramfs is deferred (INITRD=No)"
+    return None
 
 
 KIND = Install()
