@@ -18,8 +18,9 @@ they need.  It refuses whenever the stand-ins could be noticed:
 - only interpreters, text tools and archive tools whose output does not
   depend on the machine (``uname`` and ``arch`` stay emulated, and dpkg
   always does: it knows its architecture at compile time; its dpkg-deb,
-  which unpacks each package, and update-alternatives may stand in), and
-  kmod, whose depmod writes the same machine-independent indices;
+  which unpacks each package, and update-alternatives may stand in);
+  kmod, whose depmod writes the same machine-independent indices, udev's
+  systemd-hwdb likewise, and dracut's installer;
 - in a tree that holds or receives a kernel, only where the stage keeps
   initramfs generators from copying them (they copy the programs they find
   into the image): an install stage whose environment defers the
@@ -31,10 +32,12 @@ they need.  It refuses whenever the stand-ins could be noticed:
 - never when the target already has files at the host runtime's paths;
 - only when host and target have the same libc6 version, since a host
   program runs on the host's C library (bound in with the host runtime);
-- perl only when the target has (and the stage brings) no
-  architecture-specific perl modules that a native perl could not load; the
-  host's own such modules are hidden under empty directories, so a native
-  perl finds exactly the modules an emulated one would.
+- perl only when every architecture-specific perl module the target has
+  (or the stage brings) has a host build of the same source version among
+  the stand-ins (never for perl's own archlib): a native perl sees a host
+  module only through a link to the target's .pm file, and the host's other
+  modules are hidden under empty directories, so it finds exactly the
+  modules an emulated one would.
 
 What still tells a stand-in from the target's program is the machine it was
 built for: bash's ``$HOSTTYPE`` and perl's ``$Config{archname}`` name the
@@ -57,11 +60,19 @@ from . import debianlayout, proc
 # Packages whose programs may stand in, and files of theirs that must not:
 # they report the machine they run on.
 HELPER_PACKAGES = ("dash", "bash", "coreutils", "sed", "grep", "findutils",
-                   "diffutils", "perl-base", "kmod", "dpkg")
+                   "diffutils", "perl-base", "kmod", "dpkg", "udev",
+                   "dracut-install")
 # Of these packages, only these programs stand in.  dpkg itself knows its
 # architecture at compile time; dpkg-deb (which dpkg runs to unpack every
-# package) and update-alternatives do not.
-ONLY_PROGRAMS = {"dpkg": {"dpkg-deb", "update-alternatives"}}
+# package) and update-alternatives do not.  systemd-hwdb writes hwdb.bin in
+# one byte order whatever the machine (the other programs of udev stay
+# emulated).
+ONLY_PROGRAMS = {"dpkg": {"dpkg-deb", "update-alternatives"},
+                 "udev": {"systemd-hwdb"}}
+# Programs that stand in although they are not in a bin directory: dracut's
+# installer (the deployable stage puts the tree's programs back in place of
+# the copies it makes of stand-ins).
+PROGRAMS_ELSEWHERE = {"/usr/lib/dracut/dracut-install"}
 # stdbuf preloads the tree's (foreign) libstdbuf.so into what it starts.
 MACHINE_REPORTERS = {"/usr/bin/uname", "/bin/uname", "/usr/bin/arch", "/bin/arch",
                      "/usr/bin/stdbuf", "/bin/stdbuf"}
@@ -69,6 +80,18 @@ MACHINE_REPORTERS = {"/usr/bin/uname", "/bin/uname", "/usr/bin/arch", "/bin/arch
 LIBC = "libc6"
 # Directories of architecture-specific perl modules, under /usr/lib/<triplet>.
 PERL_ARCH_DIRS = ("perl5", "perl")
+# The one of them where compiled modules packaged apart from perl live
+# (perl's vendorarch).  Their host builds are locked with the stand-ins
+# (``is_perl_xs``); a native perl sees each host module only through the
+# target's own .pm file (a link to it), so it loads a module exactly when an
+# emulated perl would.  The other (perl's own archlib) has no such view.
+PERL_XS_DIR = "perl5"
+
+
+def is_perl_xs(stanza):
+    """Whether a package (its index stanza) is a compiled perl module:
+    those depend on the perl ABI they were built for."""
+    return "perlapi-" in stanza.get("Depends", "")
 BIN_DIRS = ("/bin/", "/sbin/", "/usr/bin/", "/usr/sbin/")
 # Where kernels live.  Initramfs generators (initramfs-tools, dracut,
 # kernel-install) copy the tree's programs into an image, but only for a
@@ -96,6 +119,9 @@ class StandIns:
         self.hidden = list(hidden)      # host runtime paths inside, shown empty
         self.initramfs_kept_apart = None  # see stand_ins()
         self.copies = []                # (bound file, path inside): mounts()
+        # (host's compiled perl module directory, its path inside, the
+        # target's): the view a native perl gets of compiled modules.
+        self.perl_view = None
 
     def write_digests(self, path, digests_only_path):
         """Write "SHA256 PATH-INSIDE" for each bound program (after
@@ -144,10 +170,6 @@ class StandIns:
         shutil.copyfile(self.loader, loader_copy)
         os.chmod(loader_copy, 0o755)
         binds = [self.host_lib, (loader_copy, LOADER)]
-        if self.hidden:
-            empty = os.path.join(directory, "empty")
-            os.makedirs(empty, exist_ok=True)
-            binds += [(empty, inside) for inside in self.hidden]
         kept = []
         for number, (host, inside, package) in enumerate(self.programs):
             copy = os.path.join(directory, f"{number}-{os.path.basename(host)}")
@@ -163,10 +185,44 @@ class StandIns:
         if not kept:
             self.reason = "no host program could be pointed at the host's loader"
             return []
+        hidden = list(self.hidden)
+        if self.perl_view and not any(p.startswith("perl-base ")
+                                      for _, _, p in kept):
+            hidden.append(self.perl_view[1])
+            self.perl_view = None
+        if hidden:
+            empty = os.path.join(directory, "empty")
+            os.makedirs(empty, exist_ok=True)
+            binds[2:2] = [(empty, inside) for inside in hidden]
+        if self.perl_view:
+            host_dir, inside, target_dir = self.perl_view
+            view = os.path.join(directory, "perl")
+            perl_module_view(host_dir, target_dir, view)
+            binds.insert(2, (view, inside))
         return binds
 
 
 LOADER = "/run/ld.so"  # short enough for every loader path it replaces
+
+
+def perl_module_view(host_dir, target_dir, view):
+    """Make ``view``: the host's compiled perl modules (``host_dir``) with
+    each file but the shared objects replaced by a link to the target's
+    file of the same name (in ``target_dir``, a path inside the sandbox).
+    A module is then found only once the target has it, and loads the host
+    build of its shared object."""
+    for directory, subdirs, names in os.walk(host_dir):
+        relative = os.path.relpath(directory, host_dir)
+        os.makedirs(os.path.join(view, relative), exist_ok=True)
+        for name in names:
+            source = os.path.join(directory, name)
+            dest = os.path.normpath(os.path.join(view, relative, name))
+            if name.endswith(".so"):
+                shutil.copyfile(source, dest)
+                os.chmod(dest, 0o644)
+            else:
+                os.symlink(os.path.normpath(
+                    os.path.join(target_dir, relative, name)), dest)
 
 
 def set_interpreter(path, interpreter):
@@ -365,7 +421,9 @@ def stand_ins(target, host_arch, target_triplet, host_root="/",
     host_runtime_paths = _merged([host_libdir])
     target_perl_paths = _merged(f"/usr/lib/{target_triplet}/{d}"
                                 for d in PERL_ARCH_DIRS)
+    xs_paths = _merged([f"/usr/lib/{target_triplet}/{PERL_XS_DIR}"])
     perl_incoming = None
+    xs_incoming = {}    # package file -> a path it brings under xs_paths
     for deb, path in incoming:
         name = os.path.basename(deb)
         if not initramfs_kept_apart and \
@@ -374,7 +432,9 @@ def stand_ins(target, host_arch, target_triplet, host_root="/",
                             "initramfs generators copy programs")
         if _under(path, host_runtime_paths):
             return StandIns(reason=f"{name} brings {path}")
-        if perl_incoming is None and _under(path, target_perl_paths):
+        if _under(path, xs_paths):
+            xs_incoming.setdefault(deb, path)
+        elif perl_incoming is None and _under(path, target_perl_paths):
             perl_incoming = f"{name} brings {path}"
 
     host_status = os.path.join(host_root, "var/lib/dpkg/status")
@@ -405,12 +465,10 @@ def stand_ins(target, host_arch, target_triplet, host_root="/",
             skipped.append(f"{name}: replaced by this stage")
             continue
         if name == "perl-base":
-            if any(os.path.lexists(target + resolve_in_root(target, path))
-                   for path in target_perl_paths):
-                skipped.append("perl-base: the tree has compiled perl modules")
-                continue
-            if perl_incoming:
-                skipped.append(f"perl-base: {perl_incoming}")
+            problem = perl_incoming or _perl_modules_problem(
+                target, target_triplet, host_status, xs_incoming)
+            if problem:
+                skipped.append(f"perl-base: {problem}")
                 continue
         list_path = _list_file(target, name, mine.arch)
         if list_path is None:
@@ -420,7 +478,8 @@ def stand_ins(target, host_arch, target_triplet, host_root="/",
         label = f"{name} {mine.source_version}"
         only = ONLY_PROGRAMS.get(name)
         for path in paths:
-            if not path.startswith(BIN_DIRS) or path in MACHINE_REPORTERS:
+            if not (path.startswith(BIN_DIRS) or path in PROGRAMS_ELSEWHERE) \
+                    or path in MACHINE_REPORTERS:
                 continue
             if only is not None and os.path.basename(path) not in only:
                 continue
@@ -437,14 +496,64 @@ def stand_ins(target, host_arch, target_triplet, host_root="/",
     if not programs:
         return StandIns(skipped=skipped, reason="no host program has the "
                         "target's version" if skipped else "no helper packages")
-    # The host's own compiled perl modules would be on a native perl's path.
+    # The host's own compiled perl modules would be on a native perl's
+    # path: hidden, or shown only where the target has the same module.
+    perl_native = any(label.startswith("perl-base ") for _, _, label in programs)
     hidden = [f"{host_libdir}/{d}" for d in PERL_ARCH_DIRS
-              if os.path.isdir(os.path.join(host_lib, d))]
+              if os.path.isdir(os.path.join(host_lib, d))
+              and not (perl_native and d == PERL_XS_DIR)]
     host_loader = realpath_in(host_root, loader)
     found = StandIns(programs, (host_lib, host_libdir), host_loader, skipped,
                      hidden=hidden)
+    if perl_native and os.path.isdir(os.path.join(host_lib, PERL_XS_DIR)):
+        found.perl_view = (os.path.join(host_lib, PERL_XS_DIR),
+                           f"{host_libdir}/{PERL_XS_DIR}",
+                           f"/usr/lib/{target_triplet}/{PERL_XS_DIR}")
     found.initramfs_kept_apart = initramfs_kept_apart
     return found
+
+
+def _perl_modules_problem(target, target_triplet, host_status, xs_incoming):
+    """Why a native perl could not load the compiled modules the tree has
+    or the stage brings, or None: perl's own archlib ones never, the others
+    (PERL_XS_DIR) only from a host build of the same source version."""
+    archlib = _merged([f"/usr/lib/{target_triplet}/{d}" for d in PERL_ARCH_DIRS
+                       if d != PERL_XS_DIR])
+    if any(os.path.lexists(target + resolve_in_root(target, path))
+           for path in archlib):
+        return "the tree has compiled perl modules of perl's own"
+    xs_paths = _merged([f"/usr/lib/{target_triplet}/{PERL_XS_DIR}"])
+    owners = {}     # package -> source version, of the modules' packages
+    info = target + "/var/lib/dpkg/info"
+    listings = sorted(os.listdir(info)) if os.path.isdir(info) else []
+    for listing in listings:
+        if not listing.endswith(".list"):
+            continue
+        with open(os.path.join(info, listing), encoding="utf-8",
+                  errors="replace") as f:
+            if any(_under(line.rstrip("\n"), xs_paths) and
+                   not os.path.isdir(target + line.rstrip("\n")) for line in f):
+                owners[listing[:-5].split(":")[0]] = None
+    for name, found in installed_sources(target + "/var/lib/dpkg/status",
+                                         set(owners)).items():
+        owners[name] = (found.source, found.source_version)
+    for deb, path in xs_incoming.items():
+        fields = proc.run(["dpkg-deb", "--field", deb, "Package", "Version",
+                           "Source"], capture=True).stdout
+        control = dict(line.split(": ", 1) for line in fields.splitlines()
+                       if ": " in line)
+        name, version = control.get("Package", ""), control.get("Version", "")
+        source, _, source_version = control.get("Source", name).partition(" ")
+        owners[name] = (source, source_version.strip("()") or version)
+    on_host = installed_sources(host_status, set(owners))
+    for name, wanted in sorted(owners.items()):
+        host = on_host.get(name)
+        if wanted is None:
+            continue    # listed, but no longer installed
+        if host is None or (host.source, host.source_version) != wanted:
+            return (f"{name} {wanted[1]} has compiled perl modules with no "
+                    "host build of that version among the stand-ins")
+    return None
 
 
 # Where initramfs generators write their images: initramfs-tools and

@@ -110,8 +110,8 @@ def lock_stand_ins(recipe, arch, states, archive_cache, by_name, cache_dir, out)
     helpers = {}
     for stage in recipe.stages:  # the last stage's version of each wins
         for pkg in states[(recipe.name, stage.name, arch)].packages.values():
-            if pkg.name in native.HELPER_PACKAGES + (native.LIBC,) \
-                    and pkg.arch == arch:
+            if (pkg.name in native.HELPER_PACKAGES + (native.LIBC,) or
+                    native.is_perl_xs(pkg.stanza)) and pkg.arch == arch:
                 helpers[pkg.name] = pkg
     found = []
     for host in debianlayout.STAND_IN_HOSTS:

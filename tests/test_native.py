@@ -105,8 +105,12 @@ def test_same_versions_stand_in(roots):
     assert "dash 0.5.12-2 (1 program)" in text
     assert "coreutils 9.1-1 (2 programs)" in text
     assert "sed: host 4.9-1, target 4.9-1+deb12u1" in text
-    # The host's compiled perl modules are hidden from a native perl.
-    assert found.hidden == ["/usr/lib/x86_64-linux-gnu/perl5"]
+    # The host's compiled perl modules are shown to a native perl only
+    # through links to the target's (perl_module_view).
+    assert found.hidden == []
+    assert found.perl_view == (host + "/usr/lib/x86_64-linux-gnu/perl5",
+                               "/usr/lib/x86_64-linux-gnu/perl5",
+                               "/usr/lib/aarch64-linux-gnu/perl5")
 
 
 def test_a_different_c_library_turns_them_off(roots):
@@ -188,13 +192,72 @@ def test_host_runtime_paths_in_the_tree_turn_them_off(roots):
     assert not found and "/usr/lib/x86_64-linux-gnu" in found.describe()
 
 
-def test_compiled_perl_modules_keep_perl_emulated(roots):
-    _, target = roots
-    os.makedirs(target + "/usr/lib/aarch64-linux-gnu/perl5/5.36")
+def add_package(root, name, version, paths, data=b"x", arch="arm64"):
+    with open(root + "/var/lib/dpkg/status", "a") as f:
+        f.write("\n" + stanza(name, version, arch=arch))
+    write(f"{root}/var/lib/dpkg/info/{name}.list", "\n".join(paths) + "\n", 0o644)
+    for path in paths:
+        write(root + path, data, 0o644)
+
+
+XS_MODULE = ["/usr/lib/{}/perl5/5.36/Text/CharWidth.pm",
+             "/usr/lib/{}/perl5/5.36/auto/Text/CharWidth/CharWidth.so"]
+
+
+def test_compiled_perl_modules_need_their_host_builds(roots):
+    host, target = roots
+    add_package(target, "libtext-charwidth-perl", "0.04-11",
+                [p.format("aarch64-linux-gnu") for p in XS_MODULE])
     found = stand_ins(roots)
     insides = [inside for _, inside, _ in found.programs]
     assert "/usr/bin/perl" not in insides and "/usr/bin/dash" in insides
-    assert "perl-base: the tree has compiled perl modules" in found.describe()
+    assert "perl-base: libtext-charwidth-perl 0.04-11 has compiled perl " \
+        "modules with no host build" in found.describe()
+    # The host build of another version does not do either.
+    add_package(host, "libtext-charwidth-perl", "0.04-10",
+                [p.format("x86_64-linux-gnu") for p in XS_MODULE], arch="amd64")
+    assert "/usr/bin/perl" not in [i for _, i, _ in stand_ins(roots).programs]
+    # Of the same source version (a binNMU apart), it does.
+    with open(host + "/var/lib/dpkg/status") as f:
+        text = f.read().replace("Version: 0.04-10\n",
+                                "Source: libtext-charwidth-perl (0.04-11)\n"
+                                "Version: 0.04-11+b1\n")
+    write(host + "/var/lib/dpkg/status", text, 0o644)
+    found = stand_ins(roots)
+    assert "/usr/bin/perl" in [i for _, i, _ in found.programs]
+    # perl's own compiled modules (its archlib) keep perl emulated.
+    os.makedirs(target + "/usr/lib/aarch64-linux-gnu/perl/5.36")
+    found = stand_ins(roots)
+    assert "/usr/bin/perl" not in [i for _, i, _ in found.programs]
+    assert "compiled perl modules of perl's own" in found.describe()
+
+
+def test_incoming_compiled_perl_modules_need_their_host_builds(roots, tmp_path):
+    from debarchive import build_deb
+    host, _ = roots
+    xs = build_deb(str(tmp_path), "libtext-charwidth-perl", version="0.04-11",
+                   files={p.format("aarch64-linux-gnu").lstrip("/"): "x"
+                          for p in XS_MODULE})
+    found = stand_ins(roots, incoming=native.deb_paths([xs]))
+    assert "/usr/bin/perl" not in [i for _, i, _ in found.programs]
+    assert "libtext-charwidth-perl 0.04-11 has compiled" in found.describe()
+    add_package(host, "libtext-charwidth-perl", "0.04-11",
+                [p.format("x86_64-linux-gnu") for p in XS_MODULE], arch="amd64")
+    found = stand_ins(roots, incoming=native.deb_paths([xs]))
+    assert "/usr/bin/perl" in [i for _, i, _ in found.programs]
+
+
+def test_the_perl_module_view_links_to_the_targets_modules(tmp_path):
+    host_dir = tmp_path / "host" / "perl5"
+    for path in XS_MODULE:
+        write(str(host_dir) + path.format("")[len("/usr/lib//perl5"):], b"host")
+    view = tmp_path / "view"
+    native.perl_module_view(str(host_dir), "/usr/lib/aarch64-linux-gnu/perl5",
+                            str(view))
+    pm = view / "5.36" / "Text" / "CharWidth.pm"
+    assert os.readlink(pm) == "/usr/lib/aarch64-linux-gnu/perl5/5.36/Text/CharWidth.pm"
+    so = view / "5.36" / "auto" / "Text" / "CharWidth" / "CharWidth.so"
+    assert not so.is_symlink() and so.read_bytes() == b"host"
 
 
 def test_packages_the_stage_replaces_stay_emulated(roots):
@@ -244,6 +307,7 @@ def test_mounts_copy_and_patch(roots, tmp_path):
     # with the host's compiled perl modules hidden.
     binds = found.mounts(str(tmp_path / "native"))
     native_dir = str(tmp_path / "native")
+    # (perl did not stand in after all: its compiled modules are hidden.)
     assert binds[:3] == [found.host_lib, (native_dir + "/ld.so", native.LOADER),
                          (native_dir + "/empty", "/usr/lib/x86_64-linux-gnu/perl5")]
     assert os.listdir(native_dir + "/empty") == []
