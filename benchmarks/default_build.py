@@ -18,20 +18,7 @@ import subprocess
 import sys
 import tempfile
 
-from common import PYTHON, TOP, timed
-
-
-def ninja_log(builddir):
-    """{output: (start ms, end ms, command hash)} of the last run of every
-    edge (an edge with several outputs has a line for each)."""
-    edges = {}
-    with open(os.path.join(builddir, ".ninja_log")) as f:
-        for line in f:
-            if line.startswith("#"):
-                continue
-            start, end, _, output, command = line.rstrip("\n").split("\t")
-            edges[output] = (int(start), int(end), command)
-    return edges
+from common import PYTHON, TOP, kind_of, ninja_log, timed
 
 
 def inputs_of(cwd, output):
@@ -60,19 +47,6 @@ def critical_path(cwd, edges):
                    if i in edges and edges[i][1] <= start + 5]
         current = max(earlier, key=lambda i: edges[i][1]) if earlier else None
     return list(reversed(path))
-
-
-def kind_of(output):
-    if "/pool/" in output:
-        return "fetch"
-    if output.startswith(os.path.join("build", "pkgs")):
-        return "import"
-    if "/stages/" in output:
-        return "stage"
-    for kind in ("branches", "publish", "images", "sandbox", "checks"):
-        if f"/{kind}/" in output or output.startswith(f"build/{kind}/"):
-            return kind
-    return "other"
 
 
 def main():

@@ -118,8 +118,12 @@ class Stage:
         files.remove_tree(self.work)
         os.makedirs(self.work)
         try:
+            t = time.monotonic()
             self.kind.plan(self)
             base, base_manifest = self.prepare_base()
+            # A bootstrap composes its unpacked packages here; for other
+            # kinds this is reading the parent's manifest.
+            self.note(f"[base tree: {time.monotonic() - t:.2f} s]")
             t = time.monotonic()
             lower = self.checkout(base)
             with open(self.files.lower_path, "w") as f:

@@ -95,3 +95,28 @@ def test_damaged_images_are_one_clear_error(tmp_path):
     image.write_bytes(whole[:150])
     with pytest.raises(UserError, match="truncated or damaged"):
         initramfs.foreign_elf_files(str(image), AARCH64)
+
+
+def test_an_initramfs_made_with_stand_ins_is_checked(tmp_path, capsys):
+    """What a stage run does after a command that ran with stand-ins."""
+    from debostree import stagerun
+    target = tmp_path / "tree"
+    (target / "boot").mkdir(parents=True)
+    image = target / "boot" / "initrd.img-6.12.0-arm64"
+    image.write_bytes(gzip.compress(cpio(tree(str(tmp_path / "a"), {
+        "usr/bin/sh": elf(AARCH64), "usr/bin/cp": elf(AARCH64)}))))
+    stagerun.check_initramfs_images(str(target), "arm64", {})
+    assert "checked /boot/initrd.img-6.12.0-arm64: every program in it is " \
+        "for arm64" in capsys.readouterr().out
+    # Changed by the command, and holding a host program: the stage fails.
+    before = {"/boot/initrd.img-6.12.0-arm64": None}
+    image.write_bytes(gzip.compress(cpio(tree(str(tmp_path / "b"), {
+        "usr/bin/sh": elf(AARCH64), "usr/bin/sed": elf(X86_64)}))))
+    with pytest.raises(UserError, match=r"the initramfs /boot/initrd.img-6.12.0-"
+                       r"arm64, made while native stand-ins were bound in, "
+                       r"holds programs for another machine \(usr/bin/sed\)"):
+        stagerun.check_initramfs_images(str(target), "arm64", before)
+    # Unchanged since before the command: not read again.
+    from debostree import native
+    stagerun.check_initramfs_images(str(target), "arm64",
+                                    native.initramfs_images(str(target)))
