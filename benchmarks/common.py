@@ -46,7 +46,7 @@ def ninja_log(builddir):
 def kind_of(output):
     if "/pool/" in output:
         return "fetch"
-    if output.startswith(os.path.join("build", "pkgs")):
+    if output.startswith("build/pkgs/") or "/pkgs/" in output:
         return "import"
     if "/stages/" in output:
         return "stage"

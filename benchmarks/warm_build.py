@@ -6,7 +6,7 @@ build directory and `ninja minimal/amd64/base` (import every package into OSTree
 compose, run the maintainer scripts, commit).  Reference, in the same run
 and alternating A B A B: mmdebstrap --variant=custom with the same package
 versions from a local copy of the same pool (root mode when run as root,
-unshare mode otherwise), with its merged-/usr hook.  Target: faster than
+unshare mode otherwise), with its merged-/usr hook for releases up to Debian 12.  Target: faster than
 mmdebstrap (<= 0.5 its time is the aim).  Prints where our seconds go:
 importing the packages, and each step of the stage (its log's timings).
 Run from the top of a checkout whose default recipe was built.
@@ -37,6 +37,11 @@ def main():
     source = fetch.make_apt_source(entries, base_lock, pool,
                                    os.path.join(work, "source"))
     mode = "root" if os.geteuid() == 0 else "unshare"
+    # The release the lockfile's base set comes from; up to Debian 12 the
+    # merged /usr is made by mmdebstrap's hook (later, by the packages).
+    suite = entries[0].suite.split("-")[0]
+    hooks = (["--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr"]
+             if suite in ("bullseye", "bookworm") else [])
     ours, theirs, breakdowns = [], [], []
     try:
         for i in range(rounds):
@@ -49,9 +54,9 @@ def main():
             shutil.rmtree(builddir, ignore_errors=True)
             target = os.path.join(work, f"mm{i}")
             t, _ = timed(["mmdebstrap", f"--mode={mode}", "--variant=custom",
-                          "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
+                          *hooks,
                           "--include=" + ",".join(e.name for e in entries),
-                          "--aptopt=Acquire::Languages \"none\"", "bookworm",
+                          "--aptopt=Acquire::Languages \"none\"", suite,
                           target, f"deb [trusted=yes] copy://{source} ./"])
             theirs.append(t)
             shutil.rmtree(target, ignore_errors=True)
