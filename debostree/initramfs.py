@@ -15,6 +15,7 @@ import bz2
 import gzip
 import lzma
 import shutil
+import stat
 import subprocess
 
 from .errors import UserError
@@ -32,7 +33,6 @@ COMPRESSIONS = (
     (b"\x04\x22\x4d\x18", "lz4"),
     (b"\x02\x21\x4c\x18", "lz4"),   # the kernel's legacy lz4 framing
 )
-S_IFMT, S_IFREG = 0o170000, 0o100000
 
 
 class Member:
@@ -45,7 +45,7 @@ class Member:
 
     @property
     def is_file(self):
-        return self.mode & S_IFMT == S_IFREG
+        return stat.S_ISREG(self.mode)
 
 
 def _decompress(kind, data, path):
@@ -122,23 +122,20 @@ def elf_machine(data):
     return int.from_bytes(data[18:20], "little" if data[5] == 1 else "big")
 
 
-def foreign_elf_files(image_path, machine):
-    """[(member name, its e_machine)] of the ELF files in the initramfs at
-    ``image_path`` that were not built for ``machine``."""
-    with open(image_path, "rb") as f:
-        data = f.read()
-    foreign = []
-    for member in members(data, image_path):
-        if member.is_file:
-            found = elf_machine(member.data)
-            if found is not None and found != machine:
-                foreign.append((member.name, found))
-    return foreign
-
-
 def elf_files(image_path):
     """{member name: e_machine} of every ELF file in the initramfs."""
     with open(image_path, "rb") as f:
         data = f.read()
-    return {m.name: elf_machine(m.data) for m in members(data, image_path)
-            if m.is_file and elf_machine(m.data) is not None}
+    found = {}
+    for member in members(data, image_path):
+        machine = elf_machine(member.data) if member.is_file else None
+        if machine is not None:
+            found[member.name] = machine
+    return found
+
+
+def foreign_elf_files(image_path, machine):
+    """[(member name, its e_machine)] of the ELF files in the initramfs at
+    ``image_path`` that were not built for ``machine``."""
+    return [(name, found) for name, found in elf_files(image_path).items()
+            if found != machine]

@@ -55,7 +55,7 @@ import struct
 
 from debian import deb822
 
-from . import debianlayout, proc
+from . import debianlayout, initramfs, proc
 
 # Packages whose programs may stand in, and files of theirs that must not:
 # they report the machine they run on.
@@ -334,13 +334,9 @@ def realpath_in(root, path):
 def _elf_machine(path):
     try:
         with open(path, "rb") as f:
-            header = f.read(20)
+            return initramfs.elf_machine(f.read(20))
     except OSError:
         return None
-    if len(header) < 20 or header[:4] != b"\x7fELF":
-        return None
-    order = "little" if header[5] == 1 else "big"
-    return int.from_bytes(header[18:20], order)
 
 
 def _list_file(target, name, arch):
@@ -466,7 +462,7 @@ def stand_ins(target, host_arch, target_triplet, host_root="/",
             continue
         if name == "perl-base":
             problem = perl_incoming or _perl_modules_problem(
-                target, target_triplet, host_status, xs_incoming)
+                target, target_triplet, host_status, xs_paths, xs_incoming)
             if problem:
                 skipped.append(f"perl-base: {problem}")
                 continue
@@ -513,7 +509,8 @@ def stand_ins(target, host_arch, target_triplet, host_root="/",
     return found
 
 
-def _perl_modules_problem(target, target_triplet, host_status, xs_incoming):
+def _perl_modules_problem(target, target_triplet, host_status, xs_paths,
+                          xs_incoming):
     """Why a native perl could not load the compiled modules the tree has
     or the stage brings, or None: perl's own archlib ones never, the others
     (PERL_XS_DIR) only from a host build of the same source version."""
@@ -522,7 +519,6 @@ def _perl_modules_problem(target, target_triplet, host_status, xs_incoming):
     if any(os.path.lexists(target + resolve_in_root(target, path))
            for path in archlib):
         return "the tree has compiled perl modules of perl's own"
-    xs_paths = _merged([f"/usr/lib/{target_triplet}/{PERL_XS_DIR}"])
     owners = {}     # package -> source version, of the modules' packages
     info = target + "/var/lib/dpkg/info"
     listings = sorted(os.listdir(info)) if os.path.isdir(info) else []

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from .. import deployable, native, proc
 from ..recipefields import NAME_RE, check_keys, describe, shown, string_list
+from ..stagefiles import RUN_INSIDE
 from .base import Kind, StageOptions
 
 
@@ -27,7 +28,7 @@ class Deployable(Kind):
     # them are replaced by the tree's own files, read from a view of the
     # tree without them (deployable.INSTALL_WRAPPER_TEXT).
     uses_stand_ins = True
-    pristine_view = "/run/debostree/sysroot"
+    pristine_view = RUN_INSIDE + "/sysroot"
 
     def validate(self, src, keypath, value, context):
         if value is None:
