@@ -36,6 +36,10 @@ from .errors import UserError
 
 MERGED_USR_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "libo32")
 CONTROL_MEMBER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+# Import commits are a function of the .deb alone: the same package
+# imported twice (on two machines, or by two builds at once) is the same
+# commit.
+IMPORT_TIMESTAMP = 0
 # Control members dpkg keeps in its info directory (everything but control).
 SKIP_CONTROL_MEMBERS = ("control",)
 
@@ -252,12 +256,14 @@ def import_deb(repo_path, deb, sha256, summary_path, tmp_root, expect=None):
             ostree.package_ref(sha256, "data"),
             [f"tar={data_tar}", f"tar={conffiles_tar}"],
             f"{control['Package']} {control['Version']} data",
-            extra=["--tar-autocreate-parents"] + pathname_filter(moved))
+            extra=["--tar-autocreate-parents"] + pathname_filter(moved),
+            timestamp=IMPORT_TIMESTAMP)
         info_commit = repo.commit_trees(
             ostree.package_ref(sha256, "info"),
             [f"dir={os.path.join(tmp, 'info')}"],
             f"{control['Package']} {control['Version']} dpkg info",
-            extra=["--owner-uid=0", "--owner-gid=0"])
+            extra=["--owner-uid=0", "--owner-gid=0"],
+            timestamp=IMPORT_TIMESTAMP)
         info_entries = {}
         for dirpath, dirnames, filenames in os.walk(os.path.join(tmp, "info")):
             rel = "/" + os.path.relpath(dirpath, os.path.join(tmp, "info"))
@@ -288,9 +294,14 @@ def import_deb(repo_path, deb, sha256, summary_path, tmp_root, expect=None):
             "manifest": [e.to_json() for e in entries.values()],
             "info_manifest": [e.to_json() for e in info_entries.values()],
         }
-        tmp_summary = summary_path + ".tmp"
-        with open(tmp_summary, "w", encoding="utf-8") as f:
+        # A name of its own: another build may be importing the same
+        # package into a shared store at the same moment.
+        fd, tmp_summary = tempfile.mkstemp(
+            prefix=os.path.basename(summary_path) + ".",
+            dir=os.path.dirname(os.path.abspath(summary_path)))
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(summary, f)
+        os.chmod(tmp_summary, 0o644)
         os.replace(tmp_summary, summary_path)
         return summary
     finally:

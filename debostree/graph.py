@@ -8,6 +8,7 @@ changes.
 """
 
 import glob
+import hashlib
 import json
 import os
 
@@ -42,7 +43,7 @@ class GraphBuilder:
         self.top = config.top
         self.base = os.getcwd()  # where build.ninja is, and ninja runs
         self.fetched = {}   # sha256 -> pool path (one edge per .deb)
-        self.imported = {}  # sha256 -> summary path (one edge per .deb)
+        self.imported = {}  # sha256 -> (summary path, entry)
         self.by_name = {r.name: r for r in recipes}
         self.stage_outputs = {}  # (recipe, arch, stage) -> .commit path
         self.checked = set()
@@ -238,8 +239,8 @@ class GraphBuilder:
         return out
 
     def import_edge(self, entry):
-        """The summary of a package's import; the one edge that imports all
-        packages is added by ``import_all`` once every stage is known."""
+        """The summary of a package's import; the edges that import them
+        are added by ``import_all`` once every consumer is known."""
         out = self.p(os.path.join(self.config.builddir, "pkgs",
                                   entry.sha256 + ".json"))
         if entry.sha256 not in self.imported:
@@ -247,14 +248,33 @@ class GraphBuilder:
         return out
 
     def import_all(self):
-        """One edge imports every package a bootstrap needs: a process per
-        package would cost more than the imports (most are small), and the
-        edge skips packages already imported, so a lockfile change imports
-        only what is new."""
+        """The edges that import packages, one per set of consumers: the
+        packages every edge in that set needs, and only those.  So a target
+        imports exactly the packages it needs (``ninja minimal/amd64/base``
+        imports the minbase set, not every lockfile's packages), in a few
+        processes rather than one per package (a process per package would
+        cost more than most imports).  Each edge skips packages already
+        imported, so a lockfile change imports only what is new."""
         if not self.imported:
             return
-        items = sorted(self.imported.values(), key=lambda item: item[0])
-        list_path = os.path.join(self.config.builddir, "pkgs", "import.json")
+        consumers = {out: set() for out, _ in self.imported.values()}
+        for build in self.graph.builds:
+            for path in (*build.inputs, *build.implicit, *build.order_only):
+                if path in consumers:
+                    consumers[path].add(build.outputs[0])
+        groups = {}
+        for out, entry in self.imported.values():
+            groups.setdefault(tuple(sorted(consumers[out])), []).append(
+                (out, entry))
+        for users, items in sorted(groups.items()):
+            self._import_group(users, sorted(items, key=lambda item: item[0]))
+
+    def _import_group(self, users, items):
+        # Named by its consumers, so the list file (an input of the edge)
+        # changes only when its packages do.
+        name = hashlib.sha256("\n".join(users).encode()).hexdigest()[:16]
+        list_path = os.path.join(self.config.builddir, "pkgs",
+                                 f"import-{name}.json")
         self.write_options(list_path, [
             {"deb": self.absolute(self.fetch_edge(e)),
              "sha256": e.sha256, "summary": self.absolute(out),

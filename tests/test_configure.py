@@ -147,3 +147,41 @@ def test_tampered_lockfile_hash_fails_the_fetch(project):
     output = result.stdout + result.stderr
     assert "package exim_4.0_amd64.deb" in output and "f" * 64 in output
     assert victim.sha256 in output
+
+
+def test_a_stage_imports_only_its_own_packages(project):
+    """The import edges a bootstrap depends on bring the packages it needs,
+    no more: building one recipe's base does not import what another
+    recipe's bootstrap needs, and packages both need are imported once."""
+    import json
+    work, arc = project
+    write_recipe(work / "recipes", "other", [
+        {"name": "base", "bootstrap": {"variant": "custom",
+                                       "packages": ["coreutils", "nano"]}}],
+        arc)
+    assert ninja(work, "update-lockfiles").returncode == 0
+    assert ninja(work, "build.ninja").returncode == 0
+
+    def bootstrap_set(recipe_name):
+        return {e.name for e in lockfile.read(
+            str(work / "lockfiles" / f"{recipe_name}.amd64.lock"))
+            if e.stage == "base"}
+
+    def imported_for(target):
+        commands = ninja(work, "-t", "commands", target).stdout.splitlines()
+        lists = [line.split()[-1] for line in commands if "import-debs" in line]
+        assert lists, commands
+        names = []
+        for path in lists:
+            with open(os.path.join(work, path.strip("'"))) as f:
+                names += [item["expect"][0] for item in json.load(f)]
+        assert len(names) == len(set(names))
+        return set(names)
+
+    mine, other = bootstrap_set("my image"), bootstrap_set("other")
+    assert "nano" in other - mine and mine & other
+    assert imported_for("my image/base") == mine
+    assert imported_for("other/base") == other
+    # A later stage needs its parent's imports (install stages unpack
+    # their packages themselves).
+    assert imported_for("my image/apps") == mine
