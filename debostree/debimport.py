@@ -25,10 +25,7 @@ import re
 import shutil
 import stat
 import subprocess
-import tarfile
 import tempfile
-
-from debian import deb822
 
 from . import manifest, ostree
 from .lockfile import ARCH_RE, PACKAGE_RE, VERSION_RE
@@ -144,6 +141,9 @@ def check_member_path(deb, member):
 
 def read_control(deb, info_dir, expect=None):
     """Extract the control members; write info files; return (control, conffiles)."""
+    # Imported here: stages load this module for load_summary alone.
+    import tarfile
+    from debian import deb822
     process = _tar_stream(deb, "--ctrl-tarfile")
     members = {}
     with tarfile.open(fileobj=process.stdout, mode="r|") as tar:
@@ -188,6 +188,7 @@ def import_deb(repo_path, deb, sha256, summary_path, tmp_root, expect=None):
     that it is the package ``expect`` = (name, version, architecture) the
     lockfile pins.  A pool file that does not match is removed (ninja then
     fetches it again), since the pool may be shared or tampered with."""
+    import tarfile
     actual = file_sha256(deb)
     if actual != sha256:
         os.unlink(deb)

@@ -13,7 +13,6 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from . import archive
 from .errors import UserError
 
 
@@ -38,6 +37,7 @@ def fetch_one(pool, url, sha256, size, name):
     dest = pool_path(pool, sha256)
     if os.path.exists(dest) and os.path.getsize(dest) == size:
         return dest, 0
+    from . import archive  # here: stages need only pool_path
     archive.download(url, dest, expect_size=size, expect_sha256=sha256,
                      what=f"package {name}")
     return dest, size

@@ -35,7 +35,7 @@ import stat
 import struct
 from dataclasses import dataclass, field
 
-from . import deployable, ostree, publish
+from . import deployable, ostree
 from .errors import UserError
 from .stagefiles import StageFiles
 
@@ -400,6 +400,7 @@ def find_reference(config, branch):
     published commit into the build repository), or None."""
     repo = ostree.Repo(config.repo)
     local = repo.rev_parse(branch)
+    from . import publish  # here: it brings signing and YAML
     published_repo = ostree.Repo(publish.repo_path(config))
     if published_repo.exists():
         published = published_repo.rev_parse(branch)

@@ -19,8 +19,6 @@ content changes.
 import re
 from dataclasses import dataclass
 
-from debian import deb822
-
 from . import changes
 from .errors import UserError
 
@@ -134,6 +132,7 @@ def parse(text, path="<lockfile>"):
 
 def _entry(text, path, line):
     try:
+        from debian import deb822  # here: costly, and stages need none
         para = deb822.Deb822(text)
     except Exception as error:  # python-debian raises several kinds
         raise UserError(f"unreadable stanza: {error}", path=path, line=line)

@@ -53,8 +53,6 @@ import os
 import shutil
 import struct
 
-from debian import deb822
-
 from . import debianlayout, initramfs, proc
 
 # Packages whose programs may stand in, and files of theirs that must not:
@@ -281,6 +279,7 @@ def installed_sources(status_path, names):
     except FileNotFoundError:
         return found
     with f:
+        from debian import deb822  # here: costly, most stages need none
         for para in deb822.Packages.iter_paragraphs(f, use_apt_pkg=False):
             name = para.get("Package")
             # A bootstrap's packages are unpacked, not yet configured: their

@@ -20,8 +20,6 @@ import os
 import shutil
 from dataclasses import dataclass
 
-from debian import deb822
-
 from .errors import UserError
 from .recipefields import PackageRequest
 
@@ -161,6 +159,7 @@ class AptRoot:
         """Describe ``packages`` (LockedPackage) as installed in dpkg's status."""
         with open(self.status, "w", encoding="utf-8") as f:
             for pkg in sorted(packages, key=lambda p: p.key):
+                from debian import deb822  # here: stages load this module
                 para = deb822.Deb822()
                 para["Package"] = pkg.name
                 para["Status"] = "install ok installed"
@@ -470,6 +469,7 @@ class Resolution:
             if pf.id == chosen.id:
                 self.records.lookup((pf, index))
                 break
+        from debian import deb822
         stanza = deb822.Packages(self.records.record)
         archive, suite = self.root.origin_of[os.path.basename(chosen.filename)]
         return LockedPackage(ver.parent_pkg.name, ver.arch, ver.ver_str,

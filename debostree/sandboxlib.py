@@ -15,9 +15,7 @@ host, each with its own matched pair.
 import os
 import re
 
-from debian import deb822
-
-from . import archive, proc
+from . import proc
 from .errors import UserError
 from .mirrors import DEFAULT_KEYRING, Mirrors, read_host_sources
 
@@ -52,6 +50,9 @@ def _source_name(uri):
 def find(arch, version, cache_dir, host_sources=None):
     """The Packages stanza and base URL of ``libfakeroot`` ``version`` for
     ``arch`` in the host's apt sources; UserError when none has it."""
+    # Imported here: stages load this module for host_version alone.
+    from debian import deb822
+    from . import archive
     from .recipe import Archive
     sources = read_host_sources() if host_sources is None else host_sources
     searched = []
@@ -94,6 +95,7 @@ def find(arch, version, cache_dir, host_sources=None):
 
 def fetch(arch, version, out, cache_dir, host_sources=None):
     """Download the matched library package to ``out``, verified."""
+    from . import archive
     installed = host_version()
     if installed != version:
         raise UserError(
