@@ -291,6 +291,74 @@ def _commit_changes(Gio, GLib, OSTree, repo, base_commit, target, upper,
         raise CommitFailed(f"ostree commit of {target} failed", error.message)
 
 
+def merge_commits(repo_path, branch, commits, subject):
+    """A commit of the union of the trees of ``commits`` (checksums or
+    refs), later ones winning
+    where two have the same path: what ``ostree commit --tree=ref=A
+    --tree=ref=B ...`` makes, from the directory listings alone.
+
+    The command line asks every file of every tree for its attributes
+    (an open and several xattr reads per file); here only the trees'
+    directory objects are read, and a directory that a single commit
+    brings is taken whole, unread.  Returns the commit's checksum."""
+    Gio, GLib, OSTree = _gi()
+    repo = OSTree.Repo.new(Gio.File.new_for_path(repo_path))
+    repo.open(None)
+    return retry_staging_race(lambda: _merge_commits(
+        GLib, OSTree, repo, branch, commits, subject))
+
+
+def _merge_commits(GLib, OSTree, repo, branch, commits, subject):
+    def merge(mtree, contents, metadata):
+        if _is_empty(mtree):
+            # Lazily: read only if a later commit adds to this directory.
+            mtree.fill_empty_from_dirtree(repo, contents, metadata)
+            return
+        mtree.set_metadata_checksum(metadata)
+        _, tree = repo.load_variant(OSTree.ObjectType.DIR_TREE, contents)
+        files, dirs = tree.get_child_value(0), tree.get_child_value(1)
+        for i in range(files.n_children()):
+            entry = files.get_child_value(i)
+            mtree.replace_file(entry.get_child_value(0).get_string(),
+                               _variant_hex(entry.get_child_value(1)))
+        for i in range(dirs.n_children()):
+            entry = dirs.get_child_value(i)
+            _, child = mtree.ensure_dir(entry.get_child_value(0).get_string())
+            merge(child, _variant_hex(entry.get_child_value(1)),
+                  _variant_hex(entry.get_child_value(2)))
+
+    repo.prepare_transaction(None)
+    try:
+        root = OSTree.MutableTree.new()
+        for commit in commits:
+            _, checksum = repo.resolve_rev(commit, False)
+            _, variant, _ = repo.load_commit(checksum)
+            merge(root, _variant_hex(variant.get_child_value(6)),
+                  _variant_hex(variant.get_child_value(7)))
+        _, root_file = repo.write_mtree(root, None)
+        _, checksum = repo.write_commit(None, subject, None, None, root_file,
+                                        None)
+        repo.transaction_set_ref(None, branch, checksum)
+        repo.commit_transaction(None)
+        return checksum
+    except GLib.Error as error:
+        repo.abort_transaction(None)
+        raise CommitFailed(f"ostree could not merge {len(commits)} commits "
+                           f"into {branch}", error.message)
+
+
+def _variant_hex(checksum):
+    """A checksum (a GVariant ``ay``) as hex; GVariant.unpack would make a
+    Python object of every byte."""
+    return checksum.get_data_as_bytes().get_data().hex()
+
+
+def _is_empty(mtree):
+    """A directory of the merge that nothing was put in yet."""
+    return mtree.get_metadata_checksum() is None and \
+        not mtree.get_files() and not mtree.get_subdirs()
+
+
 def _hex(OSTree, csum):
     if isinstance(csum, str):
         return csum

@@ -217,10 +217,10 @@ class Stage:
         if os.path.isdir(path):
             return path
         os.makedirs(cache, exist_ok=True)
-        commit = self.repo.commit_trees(
-            f"tmp/stand-ins/{key}",
-            [f"ref={ostree.package_ref(p.sha256, 'data')}" for p in packages],
-            "stand-ins", log=self.log)
+        commit = ostree.merge_commits(
+            self.repo.path, f"tmp/stand-ins/{key}",
+            [ostree.package_ref(p.sha256, "data") for p in packages],
+            "stand-ins")
         tmp = f"{path}.tmp{os.getpid()}"
         files.remove_tree(tmp)
         self.repo.checkout(commit, tmp, log=self.log)

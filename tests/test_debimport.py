@@ -12,6 +12,7 @@ import pytest
 
 from debarchive import build_deb
 from debostree import debimport, ostree
+from debostree.errors import CommandFailed
 from debostree.kinds import bootstrap
 from debostree.kinds.bootstrap import BootstrapOptions
 from debostree.stagefiles import WorkFiles
@@ -144,7 +145,7 @@ def compose(tmp_path, repo, summaries):
         summaries=[str(s) for s in summaries],
         merged_usr_dirs=list(AMD64_SKELETON))
     run = SimpleNamespace(opts=opts, files=work, repo=repo,
-                          log=str(tmp_path / "compose.log"))
+                          log=str(tmp_path / "compose.log"), note=print)
     commit, entries = bootstrap.compose(run)
     return tree(repo, commit), entries
 
@@ -200,3 +201,70 @@ def test_status_keeps_conffile_flags_and_the_control_as_written(repo, tmp_path):
         "/etc/confy/old.conf", "/etc/confy/new.conf"]
     assert summary["conffile_flags"] == {"/etc/confy/old.conf": "remove-on-upgrade"}
     assert "Description: a test package \n" in summary["control_text"]
+
+
+def root_checksums(repo, commit):
+    """(contents, metadata) checksums of a commit's root directory."""
+    import gi
+    gi.require_version("OSTree", "1.0")
+    from gi.repository import Gio, OSTree
+    r = OSTree.Repo.new(Gio.File.new_for_path(repo.path))
+    r.open(None)
+    _, root, _ = r.read_commit(commit, None)
+    return root.tree_get_contents_checksum(), root.tree_get_metadata_checksum()
+
+
+def test_merging_commits_makes_the_tree_ostree_commit_makes(tmp_path, repo):
+    """ostree.merge_commits reads directory listings only, lazily; its tree
+    must be the one ``ostree commit --tree=ref=...`` makes from the same
+    commits: later commits win a path, directories shared by several take
+    the last one's owner and mode, one commit's directories are whole."""
+    debs = [base_files_like(tmp_path), old_layout(tmp_path),
+            build_deb(str(tmp_path), "first", "1.0", "amd64",
+                      files={"usr/share/shared/same": "first\n",
+                             "usr/share/first/only": "1\n",
+                             "etc/shared.conf": "a\n"},
+                      dirs=["usr/share/empty"]),
+            build_deb(str(tmp_path), "second", "1.0", "amd64",
+                      files={"usr/share/shared/same": "second\n",
+                             "usr/share/second/deep/er/file": "2\n",
+                             "etc/shared.conf": "b\n"},
+                      links={"usr/share/shared/link": "same"})]
+    commits = []
+    for deb in debs:
+        summary = import_deb(repo, tmp_path, deb)
+        commits += [summary["data_commit"], summary["info_commit"]]
+    # A directory of the second with another mode than the first's.
+    odd = tmp_path / "odd"
+    (odd / "usr/share/shared").mkdir(parents=True)
+    os.chmod(odd / "usr/share/shared", 0o700)
+    (odd / "usr/share/shared/extra").write_text("x\n")
+    commits.append(repo.commit_trees("test/odd", [f"dir={odd}"], "odd"))
+    for order in (commits, list(reversed(commits))):
+        cli = repo.commit_trees("test/cli", [f"ref={c}" for c in order], "cli")
+        mine = ostree.merge_commits(repo.path, "test/mine", order, "mine")
+        assert root_checksums(repo, mine) == root_checksums(repo, cli)
+    assert cat(repo, mine, "/usr/share/shared/same") == "first\n"
+    # Refs name commits as well as checksums do.
+    by_ref = ostree.merge_commits(repo.path, "test/refs",
+                                  ["test/odd", commits[0]], "refs")
+    cli = repo.commit_trees("test/cli", ["ref=test/odd", f"ref={commits[0]}"],
+                            "cli")
+    assert root_checksums(repo, by_ref) == root_checksums(repo, cli)
+
+
+def test_merging_a_file_over_a_directory_fails_as_ostree_does(tmp_path, repo):
+    one = tmp_path / "one"
+    (one / "usr/thing").mkdir(parents=True)
+    (one / "usr/thing/inside").write_text("x")
+    two = tmp_path / "two"
+    (two / "usr").mkdir(parents=True)
+    (two / "usr/thing").write_text("a file")
+    commits = [repo.commit_trees("test/one", [f"dir={one}"], "one"),
+               repo.commit_trees("test/two", [f"dir={two}"], "two")]
+    with pytest.raises(CommandFailed):
+        repo.commit_trees("test/cli", [f"ref={c}" for c in commits], "cli")
+    with pytest.raises(ostree.CommitFailed) as error:
+        ostree.merge_commits(repo.path, "test/merged", commits, "merged")
+    assert "thing" in str(error.value)
+    assert repo.rev_parse("test/merged") is None

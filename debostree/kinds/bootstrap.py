@@ -168,10 +168,10 @@ def compose(run):
         f"tmp/{opts.ref}/skeleton", [f"dir={skel}"],
         f"{opts.label}: skeleton", log=run.log,
         extra=["--owner-uid=0", "--owner-gid=0"])
-    trees = [f"ref={skeleton}"]
+    trees = [skeleton]
     for summary in summaries:
-        trees.append(f"ref={ostree.package_ref(summary['sha256'], 'data')}")
-        trees.append(f"ref={ostree.package_ref(summary['sha256'], 'info')}")
+        trees.append(ostree.package_ref(summary['sha256'], 'data'))
+        trees.append(ostree.package_ref(summary['sha256'], 'info'))
         for line in summary["manifest"]:
             entry = manifest.Entry.from_json(line)
             entries[entry.path] = entry
@@ -179,9 +179,10 @@ def compose(run):
             entry = manifest.Entry.from_json(line)
             entries[entry.path] = entry
     # The skeleton's directories stay as they are under packages' ones.
-    commit = run.repo.commit_trees(
-        f"tmp/{opts.ref}/unpacked", trees,
-        f"{opts.label}: packages unpacked", log=run.log)
+    commit = ostree.merge_commits(
+        run.repo.path, f"tmp/{opts.ref}/unpacked", trees,
+        f"{opts.label}: packages unpacked")
+    run.note(f"merged {len(trees)} commits into {commit}")
     return commit, entries
 
 
