@@ -120,6 +120,9 @@ class GraphBuilder:
         g.rules.append(Rule(
             "init_repo", run("tools", "init-repo") + " $out", "INIT $out"))
         g.rules.append(Rule(
+            "order_packages", run("tools", "order-packages")
+            + " --options $options --out $out", "ORDER $name", {"restat": "1"}))
+        g.rules.append(Rule(
             "import_debs", run("tools", "import-debs") + " --config $config $list",
             "IMPORT $count packages", {"restat": "1"}))
         for kind in kinds.REGISTRY:
@@ -289,6 +292,21 @@ class GraphBuilder:
                       self.p(os.path.join(self.config.repo, "config"))],
             variables={"list": Raw(shell_args([self.p(list_path)])),
                        "count": str(len(items))}))
+
+    def plan_edge(self, recipe, arch, stage, debs):
+        """The edge that plans a bootstrap's steps (apt's order) from its
+        options file: it needs the locked packages, not their imports, so
+        ninja runs it beside the import edges."""
+        stage_files = StageFiles.of(self.config.builddir, recipe.name, arch,
+                                    stage.name)
+        out = self.p(stage_files.plan)
+        self.graph.builds.append(Build(
+            [out], "order_packages", [self.p(stage_files.options)],
+            implicit=debs,
+            variables={"options": Raw(shell_args([self.p(stage_files.options)])),
+                       "name": f"{recipe.name}/{stage.name}"
+                       + (f" {arch}" if len(recipe.architectures) > 1 else "")}))
+        return out
 
     def write_options(self, path, options):
         """A stage's options file, written by ``flush`` once the whole graph

@@ -17,9 +17,6 @@ import os
 import stat
 from dataclasses import dataclass
 
-# Extended attributes that belong to the machinery, not to the image.
-IGNORED_XATTR_PREFIXES = ("user.ostreemeta", "user.overlay.", "trusted.overlay.",
-                          "security.selinux")
 
 
 @dataclass(frozen=True)
@@ -200,29 +197,6 @@ def xattr_candidates(stats, previous):
              if stat.S_ISREG(st.st_mode) and st.st_mode & 0o111]
     paths += [p for p, e in previous.items() if e.xattrs and p in stats]
     return sorted(set(paths))
-
-
-def read_xattrs(root, paths):
-    """Extended attributes of ``paths`` (run under fakeroot)."""
-    found = {}
-    root = root.rstrip("/")
-    for path in paths:
-        real = root + path
-        try:
-            names = os.listxattr(real, follow_symlinks=False)
-        except OSError:
-            continue
-        pairs = []
-        for name in names:
-            if name.startswith(IGNORED_XATTR_PREFIXES):
-                continue
-            try:
-                pairs.append((name, os.getxattr(real, name, follow_symlinks=False)))
-            except OSError:
-                continue
-        if pairs:
-            found[path] = sorted(pairs)
-    return found
 
 
 def combine(root, stats, state, xattrs):

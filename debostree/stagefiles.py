@@ -52,6 +52,12 @@ class StageFiles:
     def options(self):
         return self.base + ".options.json"
 
+    @property
+    def plan(self):
+        """A bootstrap's steps in apt's order (dpkgorder.py), planned by an
+        edge of its own while the packages are imported."""
+        return self.base + ".plan.json"
+
 
 # Where WorkFiles.run is inside the sandbox.
 RUN_INSIDE = "/run/debostree"
@@ -70,7 +76,6 @@ class WorkFiles:
 
     options = _("options.json")           # the stage's options, as read
     plan = _("plan.json")                 # a bootstrap's steps (dpkgorder)
-    apt = _("apt")                        # apt's directory for the plan
     skeleton = _("skeleton")              # a bootstrap's own directories
     lower_path = _("lower.path")          # the checkout under the overlay
     stand_in_root = _("stand-ins.path")   # the unpacked stand-in packages

@@ -352,7 +352,7 @@ def _attempt(config, opts, work, lower, base_manifest, copy_first):
     watch = _DaemonWatch(int(pid))
     watch.start()
     try:
-        run_in_fakeroot(config, opts, work, key, host_lib)
+        run_in_fakeroot(config, opts, work, key, host_lib, base_manifest)
         with timed("scan"):
             stale = cleanup(work, target)
             skip = set(VOLATILE) | {d + "/" + n for d in EMPTY_DIRS
@@ -362,7 +362,8 @@ def _attempt(config, opts, work, lower, base_manifest, copy_first):
             with open(work.xattr_candidates, "w") as f:
                 json.dump(manifest.xattr_candidates(stats, base_manifest), f)
             env = sandbox.fakeroot_env(key, host_lib, os.environ)
-            proc.run([sys.executable, "-m", "debostree.stagerun", "xattrs",
+            # A process of its own, for fakeroot's view (xattrs.py).
+            proc.run([sys.executable, "-m", "debostree.xattrs",
                       target, work.xattr_candidates], env=env)
             with open(work.xattr_candidates + ".out") as f:
                 xattrs = {p: [(n, bytes.fromhex(v)) for n, v in pairs]
@@ -523,7 +524,7 @@ def cleanup(work, target):
     return removed
 
 
-def run_in_fakeroot(config, opts, work, key, host_lib):
+def run_in_fakeroot(config, opts, work, key, host_lib, base_manifest):
     """Everything that must see the fakeroot view: prepare, then run the
     kind's command in the sandbox, then what the kind does after it."""
     kind = kinds.get(opts.kind)
@@ -531,9 +532,15 @@ def run_in_fakeroot(config, opts, work, key, host_lib):
     env = sandbox.fakeroot_env(key, host_lib, os.environ)
     helper = [sys.executable, "-m", "debostree.stagerun"]
     # Restore xattrs (fakeroot keeps them in memory only) and do the
-    # host-side parts of the stage (copies, helper files).
+    # host-side parts of the stage (copies, helper files): under fakeroot
+    # when there are xattrs or the kind prepares the tree, else here (a
+    # process under fakeroot starts slowly: every file access of its
+    # imports is a round trip to the daemon).
     with timed("prepare"):
-        proc.run(helper + ["prepare", work.path], env=env)
+        if prepares_under_fakeroot(kind, base_manifest):
+            proc.run(helper + ["prepare", work.path], env=env)
+        else:
+            prepare(work.path, base_manifest)
     command = kind.command(opts)
     if command is not None:
         run_command(config, opts, kind, work, command, key, host_lib)
@@ -627,14 +634,25 @@ def check_initramfs_images(target, arch, before):
         print(f"checked {path}: every program in it is for {arch}", flush=True)
 
 
-def prepare(work_path):
-    """Under fakeroot, on the host side: xattrs, the kind's preparation,
-    its script, policy-rc.d."""
+def prepares_under_fakeroot(kind, base_manifest):
+    """Whether the preparation needs fakeroot's view: to restore xattrs, or
+    for the kind's own step (owners of copied files).  The script and
+    policy-rc.d need none: a file this user namespace's root creates is
+    root's, as it is under fakeroot."""
+    return type(kind).prepare is not kinds.Kind.prepare or \
+        any(entry.xattrs for entry in base_manifest.values())
+
+
+def prepare(work_path, base_manifest=None):
+    """On the host side, under fakeroot when it must be
+    (``prepares_under_fakeroot``): xattrs, the kind's preparation, its
+    script, policy-rc.d."""
     work = WorkFiles(work_path)
     opts = kinds.load_options(work.options)
     kind = kinds.get(opts.kind)
     target = work.target
-    base_manifest = manifest.read(work.base_manifest)
+    if base_manifest is None:
+        base_manifest = manifest.read(work.base_manifest)
     with treepath.Tree(target) as tree:
         for path, entry in base_manifest.items():
             for name, value in entry.xattrs:
@@ -662,16 +680,6 @@ def _missing_ancestor(root, path):
         if not os.path.lexists(root + candidate):
             return candidate
     return None
-
-
-def xattrs(target, candidates_path):
-    """Under fakeroot: read the xattrs of the candidate paths."""
-    with open(candidates_path) as f:
-        candidates = json.load(f)
-    found = manifest.read_xattrs(target, candidates)
-    with open(candidates_path + ".out", "w") as f:
-        json.dump({p: [[n, v.hex()] for n, v in pairs]
-                   for p, pairs in found.items()}, f)
 
 
 def cli(kind):
@@ -706,8 +714,6 @@ def main(argv):
         inner(*argv[1:])
     elif command == "prepare":
         prepare(*argv[1:])
-    elif command == "xattrs":
-        xattrs(*argv[1:])
     elif command == "deployable":
         deployable.rearrange(*argv[1:])
     else:

@@ -185,3 +185,29 @@ def test_a_stage_imports_only_its_own_packages(project):
     # A later stage needs its parent's imports (install stages unpack
     # their packages themselves).
     assert imported_for("my image/apps") == mine
+
+
+def test_a_bootstrap_is_planned_beside_the_imports(project):
+    """apt's order of a bootstrap's packages is an edge of its own that
+    needs the fetched packages, not their imports: ninja runs it while the
+    packages are imported, and the stage only reads it."""
+    import json
+    work, arc = project
+    assert ninja(work, "update-lockfiles").returncode == 0
+    assert ninja(work, "build.ninja").returncode == 0
+    plan = "build/stages/my image/amd64/base.plan.json"
+    query = ninja(work, "-t", "query", plan).stdout
+    inputs = query.split("input:", 1)[1].split("outputs:", 1)[0]
+    assert "base.options.json" in inputs and ".deb" in inputs
+    assert "build/pkgs/" not in inputs
+    stage = ninja(work, "-t", "query", "build/stages/my image/amd64/base.commit")
+    assert plan in stage.stdout
+    result = ninja(work, plan)
+    assert result.returncode == 0, result.stdout
+    assert "ORDER my image/base" in result.stdout
+    assert "IMPORT" not in result.stdout
+    with open(work / plan) as f:
+        steps = json.load(f)
+    assert steps[0][0] == "preinst" and "coreutils" in steps[0][1]
+    # Nothing changed: nothing to do.
+    assert "no work to do" in ninja(work, plan).stdout

@@ -48,6 +48,10 @@ class Graph:
         self.imported.append(entry.name)
         return f"pkgs/{entry.sha256}.json"
 
+    def plan_edge(self, recipe, arch, stage, debs):
+        self.planned = debs
+        return "stages/plan.json"
+
     def absolute(self, path):
         return "/build/" + path
 
@@ -113,8 +117,10 @@ def test_bootstrap(tmp_path):
         "libc6": "libc6:amd64", "dash": "dash"}
     assert options.merged_usr_dirs == ["bin", "sbin", "lib", "lib32", "lib64",
                                        "libx32"]
-    assert inputs == [f"pkgs/{p.sha256}.json" for p in options.packages]
-    assert options.summaries == ["/build/" + i for i in inputs]
+    assert inputs == [f"pkgs/{p.sha256}.json" for p in options.packages] + \
+        ["stages/plan.json"]
+    assert options.summaries == ["/build/" + i for i in inputs[:-1]]
+    assert options.plan == "/build/stages/plan.json"
 
 
 def test_bootstrap_runs_the_preinsts_in_the_plan_order(tmp_path):

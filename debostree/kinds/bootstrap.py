@@ -6,19 +6,21 @@ follows mmdebstrap's two steps (the Essential set, then the variant's
 priority set, apt and the extra packages).  The stage composes the
 packages' imported trees into one unpacked tree (``base``), runs the
 preinsts and ``dpkg --configure`` in the order apt and dpkg would
-(dpkgorder.py, planned on the host in ``plan``), and may let host programs
+(dpkgorder.py, planned on the host by an edge of its own,
+tools/order-packages, beside the imports), and may let host programs
 stand in for a foreign target's (native.py).
 """
 
 import json
 import os
 import shlex
+import shutil
 import stat
-import time
 from dataclasses import dataclass, field
 
 from .. import debianlayout, debimport, dpkgorder, fetch, lockfile, manifest
 from .. import native, ostree, resolve
+from ..errors import UserError
 from ..recipefields import check_keys, describe, package_requests, shown
 from .base import Kind, PackageFile, StageOptions, package_requests_for_arch
 
@@ -41,6 +43,7 @@ class BootstrapOptions(StageOptions):
     packages: list                  # PackageFile, in install order
     summaries: list                 # the packages' import summaries
     merged_usr_dirs: list           # links to lay out (up to Debian 12)
+    plan: str = None                # the steps (StageFiles.plan), planned apart
 
     NESTED = {"packages": PackageFile}
 
@@ -82,7 +85,10 @@ class Bootstrap(Kind):
     def options(self, graph, recipe, arch, stage, entries):
         ordered = lockfile.install_order(entries)
         summaries = [graph.import_edge(e) for e in ordered]
+        plan = graph.plan_edge(recipe, arch, stage,
+                               [graph.fetch_edge(e) for e in ordered])
         return {
+            "plan": graph.absolute(plan),
             "merged_usr_dirs": list(debianlayout.merged_usr_dirs(arch)),
             "packages": [PackageFile.of(e, fetch.pool_path(graph.config.pool,
                                                            e.sha256),
@@ -92,16 +98,15 @@ class Bootstrap(Kind):
             "variant": stage.options.variant,
             "requests": [str(r) for r in stage.options.packages],
             "summaries": [graph.absolute(p) for p in summaries],
-        }, summaries
+        }, summaries + [plan]
 
     def plan(self, run):
-        started = time.monotonic()
-        steps = dpkgorder.plan(
-            run.opts.packages, run.opts.arch, run.opts.variant, run.opts.requests, run.files.apt)
-        with open(run.files.plan, "w") as f:
-            json.dump(steps, f)
-        run.note(f"[apt's order of {len(run.opts.packages)} packages: "
-                 f"{time.monotonic() - started:.2f} s]")
+        # Planned by its own edge (tools/order-packages) while the packages
+        # were imported.
+        if not run.opts.plan:
+            raise UserError(f"stage {run.opts.label}: no plan was given",
+                            hint="run ./configure again")
+        shutil.copyfile(run.opts.plan, run.files.plan)
 
     def base(self, run):
         return compose(run)
@@ -116,6 +121,15 @@ class Bootstrap(Kind):
     def stand_ins(self, config, opts, target, triplet, host_root):
         return native.stand_ins(target, config.host_arch, triplet,
                                 host_root=host_root)
+
+
+def write_plan(opts, apt_dir, out):
+    """The bootstrap's steps in apt's order (dpkgorder.plan), as JSON in
+    ``out``; ``apt_dir``: apt's private directory for it."""
+    steps = dpkgorder.plan(opts.packages, opts.arch, opts.variant,
+                           opts.requests, apt_dir)
+    with open(out, "w") as f:
+        json.dump(steps, f)
 
 
 def read_steps(work):
