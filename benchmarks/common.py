@@ -48,6 +48,8 @@ def kind_of(output):
         return "fetch"
     if output.startswith("build/pkgs/") or "/pkgs/" in output:
         return "import"
+    if output.endswith(".plan.json"):
+        return "plan"  # a bootstrap's apt order, beside the imports
     if "/stages/" in output:
         return "stage"
     for kind in ("branches", "publish", "images", "sandbox", "checks"):
