@@ -118,6 +118,12 @@ class Repo:
 
 
 
+def load_library():
+    """Load libostree's bindings (a tenth of a second), e.g. in a thread
+    while other work goes on."""
+    _gi()
+
+
 def _gi():
     import gi
     gi.require_version("OSTree", "1.0")

@@ -134,7 +134,12 @@ class Stage:
                 with open(self.files.stand_in_root, "w") as f:
                     f.write(self.stand_in_root() + "\n")
                 self.note(f"[stand-ins: {time.monotonic() - t:.2f} s]")
-            manifest.write(self.files.base_manifest, base_manifest)
+            if isinstance(base_manifest, str):
+                # The parent's manifest file, as it is: no need to parse
+                # and write it again.
+                shutil.copyfile(base_manifest, self.files.base_manifest)
+            else:
+                manifest.write(self.files.base_manifest, base_manifest)
             with open(self.files.base_commit, "w") as f:
                 f.write(base + "\n")
             # The reference for system user and group IDs: history, like
@@ -245,7 +250,8 @@ class Stage:
 
     def prepare_base(self):
         """The commit the stage starts from, and its manifest: the kind's
-        own (a bootstrap's composed tree) or the parent stage's."""
+        own (a bootstrap's composed tree: a dict) or the parent stage's
+        (the path of its manifest file)."""
         own = self.kind.base(self)
         if own is not None:
             return own
@@ -253,11 +259,13 @@ class Stage:
             raise UserError(f"stage {self.opts.label}: no parent stage was "
                             "given", hint="run ./configure again")
         parent = StageFiles.from_commit(self.parent_path)
-        return read_commit_file(parent.commit), manifest.read(parent.manifest)
+        return read_commit_file(parent.commit), parent.manifest
 
 
 # -- inside the namespace ----------------------------------------------------
 def inner(config_path, work_path):
+    # libostree, for the commit at the end, loads while the stage works.
+    threading.Thread(target=ostree.load_library, daemon=True).start()
     config = load_config(config_path)
     work = WorkFiles(work_path)
     opts = kinds.load_options(work.options)
