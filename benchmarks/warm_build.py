@@ -1,14 +1,18 @@
 #!/usr/bin/python3
 """Benchmark: a warm build of the minbase set beside mmdebstrap.
 
-"Warm": the .debs are already in the pool.  Ours: ./configure in a fresh
-build directory and `ninja minimal/amd64/base` (import every package into OSTree,
-compose, run the maintainer scripts, commit).  Reference, in the same run
-and alternating A B A B: mmdebstrap --variant=custom with the same package
-versions from a local copy of the same pool (root mode when run as root,
-unshare mode otherwise), with its merged-/usr hook for releases up to Debian 12.  Target: faster than
-mmdebstrap (<= 0.5 its time is the aim).  Prints where our seconds go:
-importing the packages, and each step of the stage (its log's timings).
+"Warm": the .debs are already in the pool, and so are their imports (the
+pool's import store, importstore.py), as after any earlier build with that
+pool.  Ours: ./configure in a fresh build directory and `ninja
+minimal/amd64/base` (take the packages' commits from the store, plan apt's
+order beside it, compose, run the maintainer scripts, commit).  Reference,
+in the same run and alternating A B A B: mmdebstrap --variant=custom with
+the same package versions from a local copy of the same pool (root mode
+when run as root, unshare mode otherwise), with its merged-/usr hook for
+releases up to Debian 12.  Target: <= 0.5 of mmdebstrap's time.  Prints
+where our seconds go (ninja's edges, and each step of the stage from its
+log), and, once, the same build from a pool whose import store is empty
+(every package imported into OSTree first).
 Run from the top of a checkout whose default recipe was built.
 """
 
@@ -23,6 +27,8 @@ from common import (PYTHON, TOP, kind_of, median, ninja_log, report,
 sys.path.insert(0, TOP)
 
 from debostree import fetch, lockfile  # noqa: E402
+
+IMPORT_STEP = "import and apt's order"
 
 
 def main():
@@ -44,6 +50,24 @@ def main():
              if suite in ("bullseye", "bookworm") else [])
     ours, theirs, breakdowns = [], [], []
     try:
+        # Once: the .debs in a pool of their own (links), no import store.
+        cold_pool = os.path.join(work, "cold-pool")
+        for e in entries:
+            dest = fetch.pool_path(cold_pool, e.sha256)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            os.link(fetch.pool_path(pool, e.sha256), dest)
+        builddir = os.path.join(work, "build-cold")
+        timed([PYTHON, os.path.join(TOP, "configure.py"), "--builddir",
+               builddir, "--pool", cold_pool], cwd=work)
+        cold, _ = timed(["ninja", "minimal/amd64/base"], cwd=work)
+        cold_steps = breakdown(builddir, cold)[1]
+        shutil.rmtree(builddir, ignore_errors=True)
+        # A first build with the real pool fills its store, if need be.
+        builddir = os.path.join(work, "build-fill")
+        timed([PYTHON, os.path.join(TOP, "configure.py"), "--builddir",
+               builddir, "--pool", pool], cwd=work)
+        timed(["ninja", "minimal/amd64/base"], cwd=work)
+        shutil.rmtree(builddir, ignore_errors=True)
         for i in range(rounds):
             builddir = os.path.join(work, f"build{i}")
             timed([PYTHON, os.path.join(TOP, "configure.py"), "--builddir",
@@ -70,6 +94,10 @@ def main():
     _, steps = min(breakdowns, key=lambda b: abs(b[0] - median(ours)))
     print("  where the seconds go: " + ", ".join(
         f"{name} {seconds:.2f} s" for name, seconds in steps.items()))
+    cold_import = cold_steps[IMPORT_STEP]
+    print(f"the same with an empty import store (each package imported into "
+          f"OSTree first), once: {cold:.3f} s, ratio "
+          f"{cold / median(theirs):.2f}; {IMPORT_STEP} {cold_import:.2f} s")
 
 
 def wall_time(spans):
@@ -101,14 +129,13 @@ def breakdown(builddir, total):
     # plans the bootstrap's order: their wall time, not their sum.
     sums["import"] = wall_time(spans.get("import", set()) |
                                spans.get("plan", set()))
-    steps = {"import and apt's order": sums["import"] / 1000}
+    steps = {IMPORT_STEP: sums["import"] / 1000}
     stage = sums.get("stage", 0) / 1000
     inside = stage_breakdown(os.path.join(builddir, "logs", "minimal", "amd64",
                                           "base.log"))
     steps.update({f"stage {name}": seconds for name, seconds in inside.items()})
     steps["stage, the rest"] = stage - sum(inside.values())
-    steps["other edges and ninja"] = total - steps["import and apt's order"] \
-        - stage
+    steps["other edges and ninja"] = total - steps[IMPORT_STEP] - stage
     return total, steps
 
 

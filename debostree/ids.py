@@ -318,16 +318,25 @@ def reference_files(repo_path, commit):
     """``(passwd, group)`` texts of a commit (libostree: the stage loads it
     anyway to commit), or None when it has neither."""
     from gi.repository import GLib
+    repo = ostree.Repo(repo_path).open_gi()
     try:
-        _, root, _ = ostree.Repo(repo_path).open_gi().read_commit(commit, None)
+        _, root, _ = repo.read_commit(commit, None)
     except GLib.Error:
         return None  # gone since the stage started (a pruned repository)
+
+    def text(path):
+        # The object's content through the repository: GFile.load_contents
+        # would ask the stream for a GFileInputStream's attributes (GLib
+        # prints a critical warning; the read works all the same).
+        node = root.resolve_relative_path(path)
+        node.ensure_resolved()
+        _, stream, info, _ = repo.load_file(node.get_checksum(), None)
+        data = stream.read_bytes(info.get_size(), None).get_data()
+        return bytes(data).decode("utf-8", "surrogateescape")
+
     for etc in ETC_DIRS:
         try:
-            return tuple(
-                bytes(root.resolve_relative_path(etc[1:] + name)
-                      .load_contents(None)[1]).decode("utf-8", "surrogateescape")
-                for name in ("/passwd", "/group"))
+            return tuple(text(etc[1:] + name) for name in ("/passwd", "/group"))
         except GLib.Error:
             continue
     return None

@@ -501,3 +501,39 @@ def test_system_ids_kept_across_versions(tmp_path, pool, key, ids_archive,
     assert set(diff) <= {"M    /var/lib/dbus/machine-id"}, diff
     assert f"kept from test/ids {second} (publish)" in \
         (logs / "base.log").read_text()
+
+
+def test_reference_files_read_from_a_commit_without_glib_warnings(tmp_path):
+    """passwd and group of the reference commit, from /etc or (a deployable
+    tree) /usr/etc, read through libostree; GLib's critical warnings are
+    made fatal, so a read GLib complains about fails here."""
+    import sys
+    from conftest import TOP
+    from debostree import ostree
+    repo = ostree.Repo(str(tmp_path / "repo"))
+    repo.ensure()
+    commits = {}
+    for etc in ("etc", "usr/etc"):
+        tree = tmp_path / etc.replace("/", "-")
+        (tree / etc).mkdir(parents=True)
+        (tree / etc / "passwd").write_text(f"root:x:0:0::/root:/bin/sh # {etc}\n")
+        (tree / etc / "group").write_text("root:x:0:\n")
+        commits[etc] = repo.commit_trees(f"test/{etc}", [f"dir={tree}"], etc)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    commits["none"] = repo.commit_trees("test/none", [f"dir={empty}"], "none")
+    code = ("import sys, json; from debostree import ids; "
+            "print(json.dumps([ids.reference_files(sys.argv[1], c) "
+            "for c in sys.argv[2:]]))")
+    result = subprocess.run(
+        [sys.executable, "-c", code, repo.path, commits["etc"],
+         commits["usr/etc"], commits["none"]],
+        capture_output=True, text=True, cwd=TOP,
+        env={**os.environ, "G_DEBUG": "fatal-criticals", "PYTHONPATH": TOP})
+    assert result.returncode == 0, result.stderr
+    assert "CRITICAL" not in result.stderr
+    import json
+    assert json.loads(result.stdout) == [
+        ["root:x:0:0::/root:/bin/sh # etc\n", "root:x:0:\n"],
+        ["root:x:0:0::/root:/bin/sh # usr/etc\n", "root:x:0:\n"],
+        None]
