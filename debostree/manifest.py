@@ -84,10 +84,11 @@ def copy_up(root, paths):
     return count
 
 
-def lower_inodes(lower):
-    """``{inode: [path, ...]}`` of the regular files of the lower layer."""
+def lower_inodes(lower_stats):
+    """``{inode: [path, ...]}`` of the regular files of the lower layer
+    (``lower_stats``: its ``walk``)."""
     found = {}
-    for path, st in walk(lower).items():
+    for path, st in lower_stats.items():
         if stat.S_ISREG(st.st_mode):
             found.setdefault(st.st_ino, []).append(path)
     return found
@@ -124,16 +125,25 @@ def moved_state(inodes, saved, loaded, stats, dev):
     return sorted(moved)
 
 
-def fakeroot_state(root, entries):
+def fakeroot_state(root, entries, lower_stats=None):
     """Lines of a fakeroot ``-i`` state file giving ``root``'s files the
     owners and modes of ``entries`` (matched by path, found by dev/ino).
 
     Only files whose real view differs need an entry: the daemon reports
-    any file it does not know as owned by root with its real mode."""
+    any file it does not know as owned by root with its real mode.
+    ``lower_stats`` (the ``walk`` of the overlay's lower layer, where the
+    overlay takes each path's mode from, a copy-up keeping it) spares the
+    look-up through the overlay of the paths that need no entry: most of a
+    tree, and the overlay's look-ups are the slow ones."""
     lines = []
     seen = set()
     root = root.rstrip("/")
+    lower_stats = lower_stats or {}
     for path, entry in entries.items():
+        # Not "/": the overlay's root takes its mode from the upper layer.
+        if entry.uid == 0 and entry.gid == 0 and path != "/" and \
+                path in lower_stats and lower_stats[path].st_mode == entry.mode:
+            continue
         real = root + path if path != "/" else root or "/"
         try:
             st = os.lstat(real)

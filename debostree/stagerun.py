@@ -277,7 +277,8 @@ def inner(config_path, work_path):
     with open(work.base_commit) as f:
         base_commit = f.read().strip()
     with timed("inodes"):
-        inodes = manifest.lower_inodes(lower)
+        lower_stats = manifest.walk(lower)
+        inodes = manifest.lower_inodes(lower_stats)
     # Paths copied up before the fakeroot daemon starts, so that each keeps
     # one inode for the whole stage (manifest.copy_up): those the daemon is
     # told about, those sharing an inode with others, what the kind names
@@ -291,7 +292,8 @@ def inner(config_path, work_path):
     hints = set(_read_hints(hints_path))
     for attempt in range(1, ATTEMPTS + 1):
         stats, xattrs, (loaded, saved) = _attempt(
-            config, opts, work, lower, base_manifest, first | hints)
+            config, opts, work, lower, lower_stats, base_manifest,
+            first | hints)
         moved = manifest.moved_state(inodes, saved, loaded, stats,
                                      os.lstat(target).st_dev)
         if not moved:
@@ -328,7 +330,8 @@ def inner(config_path, work_path):
         json.dump({"commit": commit, "changed": changed}, f)
 
 
-def _attempt(config, opts, work, lower, base_manifest, copy_first):
+def _attempt(config, opts, work, lower, lower_stats, base_manifest,
+             copy_first):
     """One run of the stage's work on a fresh overlay over ``lower``.
 
     Returns the tree's stats, the xattrs read under fakeroot, and the
@@ -346,7 +349,7 @@ def _attempt(config, opts, work, lower, base_manifest, copy_first):
                                         target))
     with timed("fakeroot state"):
         manifest.copy_up(target, copy_first)
-        state = manifest.fakeroot_state(target, base_manifest)
+        state = manifest.fakeroot_state(target, base_manifest, lower_stats)
     with timed("faked start"):
         # Not proc.run: the daemon forks and stays; only its first line
         # (key and pid) is read here.
