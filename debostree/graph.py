@@ -31,6 +31,13 @@ def rel(path, top):
     return path if relative.startswith("..") else relative
 
 
+def stage_label(recipe, arch, stage):
+    """How ninja's status names a stage's edges: ``RECIPE/STAGE``, and the
+    architecture when the recipe has several."""
+    return f"{recipe.name}/{stage.name}" + (
+        f" {arch}" if len(recipe.architectures) > 1 else "")
+
+
 class GraphBuilder:
     def __init__(self, config, recipes, locks, configure_args,
                  lock_problems=None):
@@ -304,8 +311,7 @@ class GraphBuilder:
             [out], "order_packages", [self.p(stage_files.options)],
             implicit=debs,
             variables={"options": Raw(shell_args([self.p(stage_files.options)])),
-                       "name": f"{recipe.name}/{stage.name}"
-                       + (f" {arch}" if len(recipe.architectures) > 1 else "")}))
+                       "name": stage_label(recipe, arch, stage)}))
         return out
 
     def write_options(self, path, options):
@@ -382,8 +388,7 @@ class GraphBuilder:
             order_only=order_only,
             variables={"options": Raw(shell_args([self.p(stage_files.options)])),
                        "parent_arg": parent_arg or Raw(""),
-                       "name": f"{recipe.name}/{stage.name}"
-                       + (f" {arch}" if len(recipe.architectures) > 1 else "")}))
+                       "name": stage_label(recipe, arch, stage)}))
         self.stage_outputs[key] = self.p(stage_files.commit)
         return self.p(stage_files.commit)
 

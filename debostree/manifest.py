@@ -18,7 +18,6 @@ import stat
 from dataclasses import dataclass
 
 
-
 @dataclass(frozen=True)
 class Entry:
     path: str
