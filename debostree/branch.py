@@ -110,7 +110,7 @@ def parent_commit(config, repo, gi_repo, branch):
     published = published_repo.rev_parse(branch)
     if not published or published == local:
         return local
-    if local and _is_ancestor(gi_repo, published, local):
+    if local and ostree.is_ancestor(gi_repo, published, local):
         return local
     # The published head is the history devices follow: continue it.
     # Not --untrusted: publishing checked each of these objects (and see
@@ -119,16 +119,3 @@ def parent_commit(config, repo, gi_repo, branch):
               published_repo.path, published])
     print(f"{branch}: continuing the published history at {published}")
     return published
-
-
-def _is_ancestor(gi_repo, ancestor, commit):
-    from gi.repository import GLib, OSTree
-    while commit:
-        if commit == ancestor:
-            return True
-        try:
-            _, variant, _ = gi_repo.load_commit(commit)
-        except GLib.Error:
-            return False  # history cut short (a shallow pull)
-        commit = OSTree.commit_get_parent(variant)
-    return False

@@ -10,8 +10,8 @@ files of ``/etc`` it changed): they would then belong to other users.
 So each stage, once its work ran and its manifest is known, compares its
 tree's ``/etc/passwd`` and ``/etc/group`` with those of a reference: the
 head of the recipe's branch, the commit the next branch commit follows
-(``branch.parent_commit``: the local branch, or the published one), found
-outside the namespace by ``write_reference`` and read by ``keep`` inside.
+(``branch.parent_commit``: the local branch, or the published one), named
+by ``write_reference`` in the stage's work directory and read by ``keep``.
 Every system name both have gets its reference ID back; a name the
 reference does not know keeps its ID unless the reference gave that ID to
 another name (a kept one, or one removed since), and then gets a free one.
@@ -391,7 +391,7 @@ def keep(work, target, entries):
     return entries
 
 
-# -- outside the namespace: the reference ------------------------------------
+# -- the reference ------------------------------------------------------------
 def branch_of(config, recipe, arch):
     """The branch of the stage's recipe, from the options file of its branch
     edge (graph.branch_edge): not an input of the stage."""
@@ -406,16 +406,17 @@ def branch_of(config, recipe, arch):
 def find_reference(config, branch):
     """``(repository path, commit)`` of the commit a new one on ``branch``
     would follow (as ``branch.parent_commit`` finds it, without copying a
-    published commit into the build repository), or None."""
+    published commit into the build repository), or None.  Through
+    libostree, which the stage's process has loaded for its commit."""
     repo = ostree.Repo(config.repo)
-    local = repo.rev_parse(branch)
-    from . import publish  # here: it brings signing and YAML
-    published_repo = ostree.Repo(publish.repo_path(config))
+    gi_repo = repo.open_gi()
+    local = ostree.resolve_ref(gi_repo, branch)
+    published_repo = ostree.Repo(config.publish_repo)
     if published_repo.exists():
-        published = published_repo.rev_parse(branch)
+        published = ostree.resolve_ref(published_repo.open_gi(), branch)
         if published and published != local:
-            from .branch import _is_ancestor
-            if not local or not _is_ancestor(repo.open_gi(), published, local):
+            if not local or not ostree.is_ancestor(gi_repo, published,
+                                                   local):
                 return published_repo.path, published
     return (repo.path, local) if local else None
 

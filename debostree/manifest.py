@@ -14,6 +14,7 @@ with ``mode`` the full ``st_mode`` (type bits included), sorted by path.
 
 import json
 import os
+import shutil
 import stat
 from dataclasses import dataclass
 
@@ -81,6 +82,79 @@ def copy_up(root, paths):
             if path != "/" and tree.touch_same_times(path):
                 count += 1
     return count
+
+
+class LowerStat:
+    """What is kept of a lower-layer path's ``lstat``: its mode and inode."""
+
+    __slots__ = ("st_mode", "st_ino")
+
+    def __init__(self, mode, ino):
+        self.st_mode = mode
+        self.st_ino = ino
+
+
+LOWER_WALK_FORMAT = 1
+
+
+def _lower_identity(lower):
+    root = os.lstat(lower)
+    return [LOWER_WALK_FORMAT, root.st_dev, root.st_ino]
+
+
+def lower_walk(lower, cache_path):
+    """The ``walk`` of an overlay's lower layer, as ``{path: LowerStat}``.
+
+    The lower layer is a checkout nothing writes to (stagerun.checkout), so
+    its walk is kept in ``cache_path`` beside it (``prepare_lower``) and read
+    back by every stage on the same checkout.  The cache names the
+    checkout's root (device and inode) and is walked again when that
+    differs: the checkout was made anew.
+    """
+    try:
+        with open(cache_path, encoding="utf-8") as f:
+            cached = json.load(f)
+        if cached["identity"] == _lower_identity(lower):
+            return {path: LowerStat(mode, ino)
+                    for path, (mode, ino) in cached["paths"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return _write_lower_walk(lower, cache_path, walk(lower))
+
+
+def _write_lower_walk(lower, cache_path, stats):
+    found = {path: LowerStat(st.st_mode, st.st_ino)
+             for path, st in stats.items()}
+    tmp = f"{cache_path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"identity": _lower_identity(lower),
+                   "paths": {path: [s.st_mode, s.st_ino]
+                             for path, s in found.items()}},
+                  f, separators=(",", ":"))
+    os.replace(tmp, cache_path)
+    return found
+
+
+def prepare_lower(root, cache_path):
+    """Make a fresh checkout at ``root`` ready to be an overlay's lower
+    layer, and keep its walk in ``cache_path`` (``lower_walk``).
+
+    Identical files are one inode in a hardlinked checkout, and the fakeroot
+    daemon knows files by inode (see ``copy_up``): all paths but the first
+    of a shared inode (``shared_inode_paths``) become copies, with the same
+    content, mode and times.  Done once here, this spares every stage on the
+    checkout the copy-up of those paths.  Returns the count of copies."""
+    stats = walk(root)
+    paths = shared_inode_paths(lower_inodes(stats))
+    top = root.rstrip("/")
+    for path in paths:
+        real = top + path
+        tmp = f"{os.path.dirname(real)}/.{os.path.basename(real)}.separate"
+        shutil.copy2(real, tmp, follow_symlinks=False)
+        os.replace(tmp, real)
+        stats[path] = os.lstat(real)
+    _write_lower_walk(root, cache_path, stats)
+    return len(paths)
 
 
 def lower_inodes(lower_stats):

@@ -124,6 +124,27 @@ def load_library():
     _gi()
 
 
+def resolve_ref(gi_repo, ref):
+    """The commit ``ref`` names in an opened repository (``open_gi``), or
+    None: ``ostree rev-parse`` without a process of its own."""
+    return gi_repo.resolve_rev(ref, True)[1]
+
+
+def is_ancestor(gi_repo, ancestor, commit):
+    """Whether ``ancestor`` is ``commit`` or in its history (as far as the
+    repository has it)."""
+    from gi.repository import GLib, OSTree
+    while commit:
+        if commit == ancestor:
+            return True
+        try:
+            _, variant, _ = gi_repo.load_commit(commit)
+        except GLib.Error:
+            return False  # history cut short (a shallow pull)
+        commit = OSTree.commit_get_parent(variant)
+    return False
+
+
 def _gi():
     import gi
     gi.require_version("OSTree", "1.0")

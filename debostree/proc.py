@@ -83,8 +83,35 @@ def run(argv, *, log=None, capture=False, cwd=None, env=None, input=None,
     if check and result.returncode != 0:
         output = (result.stderr or "") if isinstance(result.stderr, str) else \
             (result.stderr or b"").decode(errors="replace")
-        raise CommandFailed(
-            f"command failed with exit status {result.returncode}: "
-            f"{shlex.join(argv)}\n{_tail(output)}",
-            argv=argv, status=result.returncode, output=_tail(output))
+        raise _failed(argv, result.returncode, output)
     return result
+
+
+def _failed(argv, status, output):
+    return CommandFailed(f"command failed with exit status {status}: "
+                         f"{shlex.join(argv)}\n{_tail(output)}",
+                         argv=argv, status=status, output=_tail(output))
+
+
+class Started:
+    """A command started now and given its standard input later
+    (``finish``), so that its start-up overlaps other work.  It dies with
+    this process; ``stop`` ends it if it was never finished."""
+
+    def __init__(self, argv, env=None):
+        self.argv = [os.fspath(a) for a in argv]
+        self.process = subprocess.Popen(
+            self.argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
+
+    def finish(self, input):
+        """Give the command ``input``, wait for it; returns its stdout."""
+        output, errors = self.process.communicate(input)
+        if self.process.returncode != 0:
+            raise _failed(self.argv, self.process.returncode, errors)
+        return output
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate()

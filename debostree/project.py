@@ -58,6 +58,11 @@ class BuildConfig:
     def cache(self):
         return os.path.join(self.builddir, "cache")
 
+    @property
+    def publish_repo(self):
+        """The archive repository ``ninja publish`` fills (publish.py)."""
+        return os.path.join(self.builddir, "publish")
+
     def save(self):
         """Write config.json, only when its content changes."""
         from .files import write_if_changed

@@ -30,7 +30,7 @@ GPG_KEY_RE = re.compile(r"^[0-9A-Fa-f]{8,40}$")
 
 
 def repo_path(config):
-    return os.path.join(config.builddir, "publish")
+    return config.publish_repo
 
 
 def config_file():

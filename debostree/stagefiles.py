@@ -91,7 +91,6 @@ class WorkFiles:
     libfakeroot = _("libfakeroot")        # a foreign chroot's library
     faked_save = _("faked.save")          # the fakeroot daemon's state
     policy_created = _("policy-rc.d-created")
-    xattr_candidates = _("xattr-candidates.json")
     warnings = _("warnings")              # lines for the user's terminal
     result = _("result.json")             # {"commit", "changed"}
     result_manifest = _("result.manifest")

@@ -142,10 +142,6 @@ class Stage:
                 manifest.write(self.files.base_manifest, base_manifest)
             with open(self.files.base_commit, "w") as f:
                 f.write(base + "\n")
-            # The reference for system user and group IDs: history, like
-            # the branch's parent, so not an input of the stage (ids.py).
-            self.note(ids.write_reference(self.config, self.opts.recipe,
-                                          self.opts.arch, self.work))
             with open(self.files.options, "w") as f:
                 json.dump(self.opts.to_json(), f)
             inner = [sys.executable, "-m", "debostree.stagerun", "inner",
@@ -190,6 +186,8 @@ class Stage:
         tmp = f"{path}.tmp{os.getpid()}"
         files.remove_tree(tmp)
         self.repo.checkout(commit, tmp, log=self.log)
+        # Its walk is kept beside it, naming its root (the rename keeps it).
+        manifest.prepare_lower(tmp, lower_walk_path(path))
         try:
             os.rename(tmp, path)
         except OSError:
@@ -205,6 +203,7 @@ class Stage:
                 except BlockingIOError:
                     continue  # in use by a running stage
                 files.remove_tree(old.path)
+                _unlink_if_present(lower_walk_path(old.path))
                 os.unlink(old.path + ".lock")
         return path
 
@@ -263,6 +262,18 @@ class Stage:
 
 
 # -- inside the namespace ----------------------------------------------------
+def lower_walk_path(checkout):
+    """Where the walk of a cached checkout is kept (manifest.lower_walk)."""
+    return checkout + ".walk.json"
+
+
+def _unlink_if_present(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def inner(config_path, work_path):
     # libostree, for the commit at the end, loads while the stage works.
     threading.Thread(target=ostree.load_library, daemon=True).start()
@@ -277,11 +288,12 @@ def inner(config_path, work_path):
     with open(work.base_commit) as f:
         base_commit = f.read().strip()
     with timed("inodes"):
-        lower_stats = manifest.walk(lower)
+        lower_stats = manifest.lower_walk(lower, lower_walk_path(lower))
         inodes = manifest.lower_inodes(lower_stats)
     # Paths copied up before the fakeroot daemon starts, so that each keeps
     # one inode for the whole stage (manifest.copy_up): those the daemon is
-    # told about, those sharing an inode with others, what the kind names
+    # told about, those sharing an inode with others (none in a checkout
+    # that separated them, but an older one has them), what the kind names
     # (a bootstrap's conffiles that dpkg will move into place), and what
     # earlier runs of this stage found.
     first = set(manifest.special_paths(base_manifest))
@@ -317,9 +329,13 @@ def inner(config_path, work_path):
         with open(work.warnings, "a") as f:
             f.write(warning + "\n")
     with timed("ids"):
+        # The reference for system user and group IDs: history, like the
+        # branch's parent, so not an input of the stage (ids.py).
+        print(ids.write_reference(config, opts.recipe, opts.arch, work.path),
+              flush=True)
         result_manifest = ids.keep(work.path, target, result_manifest)
     manifest.write(work.result_manifest, result_manifest)
-    previous = ostree.Repo(config.repo).rev_parse(opts.ref)
+    previous = ostree.resolve_ref(ostree.Repo(config.repo).open_gi(), opts.ref)
     with timed("commit"):
         commit, changed = ostree.commit_changes(
             config.repo, base_commit, target, work.upper, base_manifest,
@@ -362,6 +378,11 @@ def _attempt(config, opts, work, lower, lower_stats, base_manifest,
     host_lib = sandbox.FAKEROOT_LIB_DIRS[config.host_arch]
     watch = _DaemonWatch(int(pid))
     watch.start()
+    # The xattrs are read in a process of its own, for fakeroot's view
+    # (xattrs.py); it starts now and waits for the paths.
+    xattr_reader = proc.Started(
+        [sys.executable, "-m", "debostree.xattrs", target],
+        env=sandbox.fakeroot_env(key, host_lib, os.environ))
     try:
         run_in_fakeroot(config, opts, work, key, host_lib, base_manifest)
         with timed("scan"):
@@ -370,20 +391,16 @@ def _attempt(config, opts, work, lower, lower_stats, base_manifest,
                                     if os.path.isdir(target + d)
                                     for n in os.listdir(target + d)}
             stats = manifest.walk(target, skip)
-            with open(work.xattr_candidates, "w") as f:
-                json.dump(manifest.xattr_candidates(stats, base_manifest), f)
-            env = sandbox.fakeroot_env(key, host_lib, os.environ)
-            # A process of its own, for fakeroot's view (xattrs.py).
-            proc.run([sys.executable, "-m", "debostree.xattrs",
-                      target, work.xattr_candidates], env=env)
-            with open(work.xattr_candidates + ".out") as f:
-                xattrs = {p: [(n, bytes.fromhex(v)) for n, v in pairs]
-                          for p, pairs in json.load(f).items()}
+            found = json.loads(xattr_reader.finish(json.dumps(
+                manifest.xattr_candidates(stats, base_manifest))))
+            xattrs = {p: [(n, bytes.fromhex(v)) for n, v in pairs]
+                      for p, pairs in found.items()}
     except Exception:
         if watch.lost:
             raise watch.error()
         raise
     finally:
+        xattr_reader.stop()
         watch.stop()
         with timed("faked stop"):
             _stop_faked(int(pid))

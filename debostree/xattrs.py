@@ -7,10 +7,12 @@ daemon, Python's imports included: this module imports nothing of the
 project, so its process starts in a fraction of the time a stage's own
 modules would take.
 
-    python3 -m debostree.xattrs TARGET CANDIDATES.json
+    python3 -m debostree.xattrs TARGET < CANDIDATES.json > FOUND.json
 
-reads the xattrs of the paths listed in CANDIDATES.json and writes
-``{path: [[name, hex value], ...]}`` to CANDIDATES.json.out.
+reads the xattrs of the paths (a JSON list) given on standard input and
+writes ``{path: [[name, hex value], ...]}`` to standard output.  The stage
+starts it beside the fakeroot daemon and gives it the paths when its
+command is done, so its start-up costs nothing.
 """
 
 import json
@@ -47,13 +49,11 @@ def read(root, paths):
 
 
 def main(argv):
-    target, candidates_path = argv
-    with open(candidates_path) as f:
-        candidates = json.load(f)
+    target, = argv
+    candidates = json.load(sys.stdin)
     found = read(target, candidates)
-    with open(candidates_path + ".out", "w") as f:
-        json.dump({p: [[n, v.hex()] for n, v in pairs]
-                   for p, pairs in found.items()}, f)
+    json.dump({p: [[n, v.hex()] for n, v in pairs]
+               for p, pairs in found.items()}, sys.stdout)
     return 0
 
 

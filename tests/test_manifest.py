@@ -1,6 +1,7 @@
 """Manifests and the fakeroot state made from them (no sandbox needed)."""
 
 import os
+import shutil
 import stat
 
 from debostree import manifest
@@ -48,3 +49,53 @@ def test_fakeroot_state_is_the_same_with_the_lower_layers_stats(tmp_path):
     os.chmod(root, 0o755)
     assert "mode=40700" in manifest.fakeroot_state(str(root), entries,
                                                    lower_stats)
+
+
+def test_a_lower_layer_gets_an_inode_per_file_and_keeps_its_walk(tmp_path):
+    """A fresh checkout's identical files (one inode, hardlinked) become
+    copies with the same content, mode and times; the walk kept beside it
+    is what a walk finds, and it is read back, not walked again, until the
+    checkout at that path is another directory."""
+    root = tmp_path / "checkout"
+    (root / "doc").mkdir(parents=True)
+    (root / "doc/a").write_text("same")
+    os.chmod(root / "doc/a", 0o640)
+    os.utime(root / "doc/a", (0, 0))
+    os.link(root / "doc/a", root / "doc/b")
+    os.link(root / "doc/a", root / "c")
+    (root / "d").write_text("other")
+    os.symlink("d", root / "link")
+    cache = str(tmp_path / "checkout.walk.json")
+
+    assert manifest.prepare_lower(str(root), cache) == 2
+    inodes = {os.lstat(root / p).st_ino for p in ("doc/a", "doc/b", "c")}
+    assert len(inodes) == 3
+    for path in ("doc/a", "doc/b", "c"):
+        st = os.lstat(root / path)
+        assert (root / path).read_text() == "same"
+        assert stat.S_IMODE(st.st_mode) == 0o640 and st.st_mtime == 0
+        assert st.st_nlink == 1
+    assert sorted(os.listdir(root / "doc")) == ["a", "b"]  # no leftovers
+    assert manifest.shared_inode_paths(
+        manifest.lower_inodes(manifest.walk(str(root)))) == []
+
+    def seen(walked):
+        return {p: (s.st_mode, s.st_ino) for p, s in walked.items()}
+
+    walked = manifest.lower_walk(str(root), cache)
+    assert seen(walked) == seen(manifest.walk(str(root)))
+    # Read back: a file added since is not in it (nothing adds files to a
+    # lower layer; this shows the walk is not made again).
+    (root / "later").write_text("x")
+    assert "/later" not in manifest.lower_walk(str(root), cache)
+    # Another directory at the same path: walked again, and kept.
+    os.rename(root, tmp_path / "old")
+    shutil.copytree(tmp_path / "old", root, symlinks=True)
+    walked = manifest.lower_walk(str(root), cache)
+    assert seen(walked) == seen(manifest.walk(str(root)))
+    assert "/later" in manifest.lower_walk(str(root), cache)
+    # A damaged cache is walked again.
+    with open(cache, "w") as f:
+        f.write("{")
+    assert seen(manifest.lower_walk(str(root), cache)) == \
+        seen(manifest.walk(str(root)))
