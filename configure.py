@@ -39,6 +39,15 @@ def parse_args(argv):
                         help="run every program of a foreign bootstrap under "
                         "qemu-user, even those the host has in the same "
                         "version (see README, Foreign architectures)")
+    parser.add_argument("--cache", metavar="URL",
+                        help="stage cache to read stages from: an http(s):// "
+                        "or file:// URL or a directory (default: "
+                        "$DEBOSTREE_CACHE, else 'url' in the cache "
+                        "configuration file; see README, Stage cache)")
+    parser.add_argument("--cache-push", metavar="DIR",
+                        help="directory 'ninja cache-push' adds the built "
+                        "stages to (default: 'push' in the cache "
+                        "configuration file)")
     return parser.parse_args(argv)
 
 

@@ -8,7 +8,8 @@ they were.
 import os
 import sys
 
-from . import files, graph, lockfile, mirrors, ninja, publish, recipe, update
+from . import (files, graph, lockfile, mirrors, ninja, publish, recipe,
+               stagecache, update)
 from .errors import UserError, display_path
 from .project import TOP, BuildConfig
 
@@ -95,6 +96,9 @@ def configure(args, argv):
                          mirrors=mirror_map, python=sys.executable,
                          host_arch=update.host_architecture(),
                          publish=publish.read_settings(),
+                         stage_cache=stagecache.read_settings(
+                             getattr(args, "cache", None),
+                             getattr(args, "cache_push", None)),
                          native_helpers=getattr(args, "native_helpers", True))
     # ninja runs the regeneration in the directory of build.ninja, which is
     # where configure runs, so the arguments keep their meaning there.

@@ -59,6 +59,27 @@ def read_secret_key(path):
     return key
 
 
+def read_public_key(path):
+    """The public key of an ostree key file: a public key (32 bytes) or a
+    secret key (its public half)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read the ed25519 key: {error}", path=path)
+    try:
+        raw = base64.b64decode(lines[0], validate=True) if lines else b""
+    except ValueError:
+        raw = b""
+    if len(raw) == 64:
+        return read_secret_key(path).public
+    if len(raw) != 32:
+        raise UserError("not an ed25519 public key (expected a base64 line "
+                        "of 32 bytes, as 'ostree sign --verify' reads)",
+                        path=path)
+    return raw
+
+
 def public_of_seed(seed):
     return bytes(nacl_signing.SigningKey(seed).verify_key)
 

@@ -12,11 +12,12 @@ import hashlib
 import json
 import os
 
-from . import fetch, files, kinds, ostree, publish, sandboxlib
-from .kinds.base import PackageFile
+from . import (cachekey, fetch, files, kinds, ostree, publish, sandboxlib,
+               stagecache)
+from .kinds.base import PackageFile, key_value
 from .lockfile import STAND_INS_STAGE
 from .stagefiles import StageFiles
-from .ninja import Build, Graph, Raw, Rule, shell_args
+from .ninja import Build, Graph, Raw, Rule, escape_path, shell_args
 
 # Used inside the sandbox when SOURCE_DATE_EPOCH is not set at configure time
 # (2024-01-01), so that trees are reproducible by default; /etc/shadow's
@@ -53,6 +54,14 @@ class GraphBuilder:
         self.imported = {}  # sha256 -> (summary path, entry)
         self.by_name = {r.name: r for r in recipes}
         self.stage_outputs = {}  # (recipe, arch, stage) -> .commit path
+        self.stage_keys = {}     # (recipe, arch, stage) -> input key
+        self.stage_index = []    # every stage, for tools/stage-cache
+        # The packages' edges (fetch, import, plan, fakeroot library): with
+        # a stage cache, what a stage needs of them is a dynamic input
+        # (``probe_edge``), and import edges know their consumers from here.
+        self.package_paths = set()
+        self.dynamic_inputs = {}  # stage output -> package inputs
+        self._key_context = None
         self.checked = set()
         self.pending = {}
         # Read once: every stage and branch of the graph gets the same.
@@ -98,6 +107,11 @@ class GraphBuilder:
         g.builds.append(Build(["publish"], "phony", [stamp]))
         g.builds.append(Build(["pull-published"], "pull_published"))
         g.builds.append(Build(["fsck"], "fsck"))
+        for target in ("cache-push", "cache-prune", "cache-verify"):
+            g.builds.append(Build([target], "stage_cache", variables={
+                "action": target.split("-")[1]}))
+        self.write_options(os.path.join(self.config.builddir, "stagecache",
+                                        "stages.json"), self.stage_index)
         g.defaults = defaults
         return g
 
@@ -170,6 +184,17 @@ class GraphBuilder:
             "fsck", run("tools", "fsck") + " --config $config",
             "FSCK", {"pool": "console"}))
         g.rules.append(Rule(
+            "stage_cache_remote", run("tools", "stage-cache")
+            + " --config $config remote", "CACHE remote", {"restat": "1"}))
+        g.rules.append(Rule(
+            "stage_cache_probe", run("tools", "stage-cache")
+            + " --config $config probe --stage-files $stage --out $out",
+            "CACHE $name", {"restat": "1"}))
+        g.rules.append(Rule(
+            "stage_cache", run("tools", "stage-cache")
+            + " --config $config $action", "CACHE $action",
+            {"pool": "console"}))
+        g.rules.append(Rule(
             "missing_lockfile",
             "echo $message >&2; exit 1", "LOCKFILE $name"))
 
@@ -238,6 +263,7 @@ class GraphBuilder:
         out = self.p(fetch.pool_path(self.config.pool, entry.sha256))
         if entry.sha256 not in self.fetched:
             self.fetched[entry.sha256] = out
+            self.package_paths.add(out)
             self.graph.builds.append(Build([out], "fetch_deb", variables={
                 "archive": Raw(shell_args([entry.archive])),
                 "filename": Raw(shell_args([entry.filename])),
@@ -255,6 +281,7 @@ class GraphBuilder:
                                   entry.sha256 + ".json"))
         if entry.sha256 not in self.imported:
             self.imported[entry.sha256] = (out, entry)
+            self.package_paths.add(out)
         return out
 
     def import_all(self):
@@ -272,6 +299,10 @@ class GraphBuilder:
             for path in (*build.inputs, *build.implicit, *build.order_only):
                 if path in consumers:
                     consumers[path].add(build.outputs[0])
+        for stage_out, paths in self.dynamic_inputs.items():
+            for path in paths:
+                if path in consumers:
+                    consumers[path].add(stage_out)
         groups = {}
         for out, entry in self.imported.values():
             groups.setdefault(tuple(sorted(consumers[out])), []).append(
@@ -307,6 +338,7 @@ class GraphBuilder:
         stage_files = StageFiles.of(self.config.builddir, recipe.name, arch,
                                     stage.name)
         out = self.p(stage_files.plan)
+        self.package_paths.add(out)
         self.graph.builds.append(Build(
             [out], "order_packages", [self.p(stage_files.options)],
             implicit=debs,
@@ -378,8 +410,27 @@ class GraphBuilder:
         own, own_inputs = kind.options(self, recipe, arch,
                                        stage.for_arch(arch), mine)
         implicit += own_inputs
+        variables = {}
+        if self.config.stage_cache.get("url"):
+            # The packages only matter when the stage builds: the probe
+            # says which it needs (none when the cache has the stage).
+            dynamic = [self.p(i) for i in implicit
+                       if self.p(i) in self.package_paths]
+            implicit = [i for i in implicit if self.p(i) not in self.package_paths]
+            dyndep = self.probe_edge(recipe, arch, stage, stage_files, inputs,
+                                     implicit, dynamic)
+            order_only.append(dyndep)
+            variables["dyndep"] = Raw(escape_path(dyndep))
+            self.dynamic_inputs[self.p(stage_files.commit)] = dynamic
         options = kind.Options(**common, **own)
         self.write_options(stage_files.options, options.to_json())
+        parent_key = self.stage_keys[(parent_recipe, arch, parent_stage)] \
+            if stage.parent else None
+        self.stage_keys[key] = self.key_edge(stage_files, options, parent_key)
+        self.stage_index.append({
+            "label": options.label, "arch": arch, "kind": stage.kind,
+            "commit": stage_files.commit, "options": stage_files.options,
+            "parent": self.absolute(parent_out) if stage.parent else None})
         self.graph.builds.append(Build(
             [self.p(stage_files.commit)], f"stage_{stage.kind}",
             [self.p(i) for i in inputs],
@@ -388,9 +439,53 @@ class GraphBuilder:
             order_only=order_only,
             variables={"options": Raw(shell_args([self.p(stage_files.options)])),
                        "parent_arg": parent_arg or Raw(""),
-                       "name": stage_label(recipe, arch, stage)}))
+                       "name": stage_label(recipe, arch, stage), **variables}))
         self.stage_outputs[key] = self.p(stage_files.commit)
         return self.p(stage_files.commit)
+
+    def key_edge(self, stage_files, options, parent_key):
+        """The stage's input key (cachekey.py), written beside its options
+        (not an input of its edge); returns it."""
+        if self._key_context is None:
+            self._key_context = (cachekey.code_digest(self.top),
+                                 cachekey.tool_versions())
+        code, tools = self._key_context
+        key, inputs = cachekey.stage_key(key_value(options), parent_key,
+                                         code, tools)
+        self.write_options(stage_files.key, {"key": key, "inputs": inputs})
+        return key
+
+    def probe_edge(self, recipe, arch, stage, stage_files, inputs, implicit,
+                   dynamic):
+        """The edge that looks the stage up in the stage cache before it
+        runs (stagecache.probe), writing the stage's dyndep file: the
+        packages it needs (``dynamic``) on a miss, nothing on a hit.  Its
+        inputs are the stage's own and the stage's key, so it runs again
+        whenever the stage would."""
+        out = self.p(stage_files.dyndep)
+        self.write_options(stage_files.probe_inputs, {
+            "commit": self.p(stage_files.commit), "inputs": dynamic})
+        self.graph.builds.append(Build(
+            [out], "stage_cache_probe", [self.p(i) for i in inputs],
+            implicit=[self.p(i) for i in implicit]
+            + [self.p(stage_files.key), self.p(stage_files.probe_inputs)],
+            implicit_outputs=[self.p(stage_files.probe)],
+            order_only=[self.cache_remote_edge(),
+                        self.p(os.path.join(self.config.repo, "config"))],
+            variables={"stage": Raw(shell_args([self.p(stage_files.base)])),
+                       "name": stage_label(recipe, arch, stage)}))
+        return out
+
+    def cache_remote_edge(self):
+        """The edge that sets up where stage cache entries are pulled and
+        checked (stagecache.setup_remote): before any stage runs."""
+        out = self.p(stagecache.remote_stamp(self.config))
+        if out not in self.checked:
+            self.checked.add(out)
+            self.graph.builds.append(Build(
+                [out], "stage_cache_remote",
+                implicit=[self.p(self.config.config_path)]))
+        return out
 
     def publish_stamp(self):
         # The summary is rewritten by every publish: ninja's output for it
@@ -456,6 +551,7 @@ class GraphBuilder:
             return None
         out = self.p(sandboxlib.library_path(self.config.builddir, arch,
                                              self._host_fakeroot))
+        self.package_paths.add(out)
         if out not in self.checked:
             self.checked.add(out)
             self.graph.builds.append(Build([out], "sandbox_library", variables={

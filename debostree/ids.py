@@ -342,6 +342,24 @@ def reference_files(repo_path, commit):
     return None
 
 
+def reference_digest(work):
+    """What a stage's result takes from the reference ``write_reference``
+    named in ``work``: the names and IDs of its users and groups, as a
+    digest for the key the stage is cached under (cachekey.run_key); None
+    without a reference."""
+    from .cachekey import digest_json
+    try:
+        with open(os.path.join(work, REFERENCE_FILE), encoding="utf-8") as f:
+            reference = json.load(f)
+    except FileNotFoundError:
+        return None
+    texts = reference_files(reference["repo"], reference["commit"])
+    if not texts:
+        return digest_json({"ids": None})
+    return digest_json({"users": parse_ids(texts[0]),
+                        "groups": parse_ids(texts[1])})
+
+
 def keep(work, target, entries):
     """Renumber the stage's tree ``target`` and its manifest ``entries`` to
     the IDs of the reference ``write_reference`` named in ``work``; returns

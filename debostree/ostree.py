@@ -318,6 +318,116 @@ def _commit_changes(Gio, GLib, OSTree, repo, base_commit, target, upper,
         raise CommitFailed(f"ostree commit of {target} failed", error.message)
 
 
+def _metadata_variant(GLib, metadata):
+    """``a{sv}`` of ``{key: str or bytes}`` (bytes as ``ay``)."""
+    values = {}
+    for key, value in (metadata or {}).items():
+        if isinstance(value, bytes):
+            values[key] = GLib.Variant.new_from_bytes(
+                GLib.VariantType.new("ay"), GLib.Bytes.new(value), True)
+        else:
+            values[key] = GLib.Variant("s", value)
+    return GLib.Variant("a{sv}", values)
+
+
+def commit_tree_of(repo_path, source, subject, branch=None, parent=None,
+                   timestamp=None, metadata=None):
+    """A commit of the tree of commit ``source`` (nothing is read but its
+    root), with ``parent``, ``timestamp`` (None: now) and ``metadata``
+    (``{key: str or bytes}``), on ``branch`` if one is given.  Returns
+    ``(commit, changed)``: the parent itself when its tree is the same."""
+    Gio, GLib, OSTree = _gi()
+    repo = OSTree.Repo.new(Gio.File.new_for_path(repo_path))
+    repo.open(None)
+    _, variant, _ = repo.load_commit(source)
+    contents = _variant_hex(variant.get_child_value(6))
+    dirmeta = _variant_hex(variant.get_child_value(7))
+    if parent:
+        _, parent_variant, _ = repo.load_commit(parent)
+        if _variant_hex(parent_variant.get_child_value(6)) == contents and \
+                _variant_hex(parent_variant.get_child_value(7)) == dirmeta:
+            return parent, False
+    repo.prepare_transaction(None)
+    try:
+        mtree = OSTree.MutableTree.new_from_checksum(repo, contents, dirmeta)
+        _, root_file = repo.write_mtree(mtree, None)
+        meta = _metadata_variant(GLib, metadata)
+        if timestamp is None:
+            _, checksum = repo.write_commit(parent, subject, None, meta,
+                                            root_file, None)
+        else:
+            _, checksum = repo.write_commit_with_time(
+                parent, subject, None, meta, root_file, int(timestamp), None)
+        if branch:
+            repo.transaction_set_ref(None, branch, checksum)
+        repo.commit_transaction(None)
+        return checksum, True
+    except GLib.Error as error:
+        repo.abort_transaction(None)
+        raise CommitFailed(f"ostree could not commit the tree of {source}",
+                           error.message)
+
+
+def same_tree(gi_repo, a, b):
+    """Whether commits ``a`` and ``b`` have the same tree (contents and
+    root metadata: owners, modes and xattrs are part of every checksum)."""
+    _, first, _ = gi_repo.load_commit(a)
+    _, second, _ = gi_repo.load_commit(b)
+    return all(_variant_hex(first.get_child_value(i))
+               == _variant_hex(second.get_child_value(i)) for i in (6, 7))
+
+
+def commit_metadata(gi_repo, commit):
+    """``(metadata, timestamp)`` of a commit: ``{key: str or bytes}`` of its
+    string and byte-array entries, and its time (seconds)."""
+    from gi.repository import OSTree
+    _, variant, _ = gi_repo.load_commit(commit)
+    entries = variant.get_child_value(0)
+    found = {}
+    for i in range(entries.n_children()):
+        entry = entries.get_child_value(i)
+        name = entry.get_child_value(0).get_string()
+        value = entry.get_child_value(1).get_variant()
+        if value.get_type_string() == "s":
+            found[name] = value.get_string()
+        elif value.get_type_string() == "ay":
+            found[name] = bytes(value.get_data_as_bytes().get_data())
+    return found, OSTree.commit_get_timestamp(variant)
+
+
+def tree_outline(gi_repo, commit):
+    """``{path: (is_dir, uid, gid, mode)}`` of a commit's tree from its
+    directory objects alone (a file's owner and mode would need a read of
+    each file: ``None`` there)."""
+    from gi.repository import OSTree
+    _, variant, _ = gi_repo.load_commit(commit)
+    outline = {}
+
+    def dirmeta(checksum):
+        _, meta = gi_repo.load_variant(OSTree.ObjectType.DIR_META, checksum)
+        uid, gid, mode = (int.from_bytes(meta.get_child_value(i).get_uint32()
+                                         .to_bytes(4, "little"), "big")
+                          for i in range(3))
+        return uid, gid, mode
+
+    def visit(path, contents, meta):
+        outline[path or "/"] = (True, *dirmeta(meta))
+        _, tree = gi_repo.load_variant(OSTree.ObjectType.DIR_TREE, contents)
+        files, dirs = tree.get_child_value(0), tree.get_child_value(1)
+        for i in range(files.n_children()):
+            name = files.get_child_value(i).get_child_value(0).get_string()
+            outline[f"{path}/{name}"] = (False, None, None, None)
+        for i in range(dirs.n_children()):
+            entry = dirs.get_child_value(i)
+            visit(f"{path}/{entry.get_child_value(0).get_string()}",
+                  _variant_hex(entry.get_child_value(1)),
+                  _variant_hex(entry.get_child_value(2)))
+
+    visit("", _variant_hex(variant.get_child_value(6)),
+          _variant_hex(variant.get_child_value(7)))
+    return outline
+
+
 def merge_commits(repo_path, branch, commits, subject):
     """A commit of the union of the trees of ``commits`` (checksums or
     refs), later ones winning

@@ -45,6 +45,7 @@ class BuildConfig:
     host_arch: str = "amd64"
     publish: dict = field(default_factory=dict)  # publish.read_settings()
     native_helpers: bool = True  # native.py: host programs in foreign bootstraps
+    stage_cache: dict = field(default_factory=dict)  # stagecache.read_settings()
 
     @property
     def config_path(self):

@@ -53,6 +53,35 @@ class StageFiles:
         return self.base + ".options.json"
 
     @property
+    def key(self):
+        """The stage's input key and what went into it (cachekey.py),
+        written by configure; not an input of the stage's edge."""
+        return self.base + ".key.json"
+
+    @property
+    def run_key(self):
+        """The key the stage's commit is cached under (cachekey.run_key),
+        written with the commit."""
+        return self.base + ".run-key"
+
+    @property
+    def dyndep(self):
+        """With a stage cache: the stage's dyndep file (ninja), written by
+        its probe (stagecache.probe)."""
+        return self.base + ".dd"
+
+    @property
+    def probe(self):
+        """What the probe found: the key and the cache entry, if any."""
+        return self.base + ".probe.json"
+
+    @property
+    def probe_inputs(self):
+        """What configure tells the probe: the stage's output and the
+        packages it needs when it builds."""
+        return self.base + ".probe-inputs.json"
+
+    @property
     def plan(self):
         """A bootstrap's steps in apt's order (dpkgorder.py), planned by an
         edge of its own while the packages are imported."""

@@ -26,8 +26,8 @@ import sys
 import threading
 import time
 
-from . import (debianlayout, deployable, files, ids, initramfs, kinds, manifest,
-               native, ostree, proc, sandbox, sandboxlib, treepath)
+from . import (cachekey, debianlayout, deployable, files, ids, initramfs, kinds,
+               manifest, native, ostree, proc, sandbox, sandboxlib, treepath)
 from .errors import UserError
 from .project import load_config, ninja_ancestor
 from .stagefiles import RUN_INSIDE, StageFiles, WorkFiles
@@ -104,7 +104,9 @@ class Stage:
 
     def run(self):
         started = time.monotonic()
-        self.check_host()
+        # What a build needs of the host is checked only when it builds.
+        if not (self.config.stage_cache.get("url") and self.probe_found()):
+            self.check_host()
         self.repo.ensure()
         os.makedirs(os.path.dirname(self.log), exist_ok=True)
         with open(self.log, "w") as f:
@@ -118,6 +120,8 @@ class Stage:
         files.remove_tree(self.work)
         os.makedirs(self.work)
         try:
+            if self.config.stage_cache.get("url") and self.from_cache():
+                return
             t = time.monotonic()
             self.kind.plan(self)
             base, base_manifest = self.prepare_base()
@@ -159,12 +163,76 @@ class Stage:
                             self.out.manifest + ".tmp")
             os.replace(self.out.manifest + ".tmp", self.out.manifest)
             changed = files.write_if_changed(self.out_path, commit + "\n")
+            key = cachekey.read_key(self.out.key)
+            if key is not None:
+                self.write_run_key(commit, cachekey.run_keys(
+                    key, result["ids_reference"], result["ids_renumbered"]))
             elapsed = time.monotonic() - started
             self.note(f"commit {commit} ({'changed' if changed else 'unchanged'}"
                       f", {elapsed:.1f} s)")
         finally:
             if not os.environ.get("DEBOSTREE_KEEP_WORK"):
                 files.remove_tree(self.work)
+
+    def write_run_key(self, commit, keys):
+        """Name the keys this commit is cached under (``ninja cache-push``;
+        cachekey.run_keys)."""
+        files.write_if_changed(self.out.run_key, json.dumps({
+            "keys": keys, "commit": commit}) + "\n")
+
+    def probe_found(self):
+        """Whether the stage's probe found a cache entry (stagecache.probe)."""
+        try:
+            with open(self.out.probe, encoding="utf-8") as f:
+                return bool(json.load(f).get("entry"))
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    def from_cache(self):
+        """Take the stage's commit from the stage cache entry its probe
+        found and took into the build repository (stagecache.probe);
+        False when there is none and the stage builds."""
+        from . import stagecache  # here: it brings signing and YAML
+        try:
+            with open(self.out.probe, encoding="utf-8") as f:
+                found = json.load(f)
+        except (OSError, ValueError):
+            return False
+        entry, run_key = found.get("entry"), found.get("run_key")
+        if not entry:
+            return False
+        label = self.opts.label
+        gi_repo = self.repo.open_gi()
+        from gi.repository import GLib
+        try:
+            manifest_text = stagecache.entry_manifest(
+                gi_repo, entry, self.opts.arch, run_key)
+        except (stagecache.Refused, GLib.Error) as error:
+            # Gone since the probe (or never whole): the next run probes
+            # again, and builds if it must.
+            for path in (self.out.probe, self.out.dyndep):
+                if os.path.exists(path):
+                    os.unlink(path)
+            raise UserError(f"stage {label}: the stage cache entry {entry} "
+                            f"is not usable in the build repository ({error})",
+                            hint="run ninja again")
+        commit, changed = ostree.commit_tree_of(
+            self.repo.path, entry, f"{label} ({self.opts.kind})",
+            branch=self.opts.ref, parent=self.repo.rev_parse(self.opts.ref),
+            timestamp=self.opts.commit_timestamp,
+            metadata={"debostree.stage": label})
+        files.write_atomically(self.out.manifest, manifest_text)
+        changed = files.write_if_changed(self.out_path, commit + "\n")
+        self.write_run_key(commit, [run_key])
+        self.say(f"{label}: from the stage cache (key {run_key[:16]}, entry "
+                 f"{entry[:12]}); commit {commit} "
+                 f"({'changed' if changed else 'unchanged'})")
+        return True
+
+    def say(self, line):
+        """A line for the terminal (ninja shows it) and the stage's log."""
+        self.note(line)
+        print(line, flush=True)
 
     def checkout(self, commit):
         """A hardlinked checkout of ``commit``, kept for the next stage runs.
@@ -333,7 +401,9 @@ def inner(config_path, work_path):
         # branch's parent, so not an input of the stage (ids.py).
         print(ids.write_reference(config, opts.recipe, opts.arch, work.path),
               flush=True)
-        result_manifest = ids.keep(work.path, target, result_manifest)
+        kept = ids.keep(work.path, target, result_manifest)
+        renumbered = kept is not result_manifest  # keep's contract
+        result_manifest = kept
     manifest.write(work.result_manifest, result_manifest)
     previous = ostree.resolve_ref(ostree.Repo(config.repo).open_gi(), opts.ref)
     with timed("commit"):
@@ -343,7 +413,9 @@ def inner(config_path, work_path):
             parent=previous, timestamp=opts.commit_timestamp,
             metadata={"debostree.stage": opts.label})
     with open(work.result, "w") as f:
-        json.dump({"commit": commit, "changed": changed}, f)
+        json.dump({"commit": commit, "changed": changed,
+                   "ids_reference": ids.reference_digest(work.path),
+                   "ids_renumbered": renumbered}, f)
 
 
 def _attempt(config, opts, work, lower, lower_stats, base_manifest,

@@ -32,6 +32,12 @@ def remove_tree(path):
         shutil.rmtree(path, ignore_errors=True)
 
 
+# A developer's own stage cache must not change what the tests build; the
+# tests that use one name it.
+os.environ.pop("DEBOSTREE_CACHE", None)
+os.environ["DEBOSTREE_CACHE_CONFIG"] = "/nonexistent/debostree-cache.yaml"
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
@@ -135,6 +141,8 @@ def no_user_config(tmp_path, monkeypatch):
     """Keep the user's own mirror configuration out of a test."""
     monkeypatch.setenv("DEBOSTREE_CONFIG", str(tmp_path / "no-config.yaml"))
     monkeypatch.delenv("DEBOSTREE_MIRRORS", raising=False)
+    monkeypatch.setenv("DEBOSTREE_CACHE_CONFIG", str(tmp_path / "no-cache.yaml"))
+    monkeypatch.delenv("DEBOSTREE_CACHE", raising=False)
 
 
 @pytest.fixture(scope="session")

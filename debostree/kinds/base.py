@@ -30,6 +30,31 @@ def plain(value):
     return value
 
 
+# Marks an options field that only names a place on this machine (a path in
+# the pool or the build directory): left out of the stage's input key
+# (cachekey.py), whose content is covered otherwise (a package's SHA256).
+NOT_IN_KEY = {"in_key": False}
+
+
+def key_value(value):
+    """Options as they enter the stage's input key (cachekey.py): as
+    ``plain``, without ``NOT_IN_KEY`` fields; a value with a ``key_value``
+    method gives its own."""
+    if hasattr(value, "key_value"):
+        return value.key_value()
+    if dataclasses.is_dataclass(value):
+        return {f.name: key_value(getattr(value, f.name))
+                for f in dataclasses.fields(value)
+                if f.metadata.get("in_key", True)
+                and not (f.metadata.get("omit_if_none")
+                         and getattr(value, f.name) is None)}
+    if isinstance(value, (list, tuple)):
+        return [key_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: key_value(v) for k, v in value.items()}
+    return value
+
+
 def decode(cls, data, what):
     """``cls`` from a mapping read from a file, every field known."""
     if not isinstance(data, dict):
@@ -56,7 +81,7 @@ class PackageFile:
     arch: str
     sha256: str
     filename: str                   # its path in the archive
-    pool_path: str                  # the verified .deb
+    pool_path: str = field(metadata=NOT_IN_KEY)  # the verified .deb
     stanza: str                     # its Packages stanza
     # The name dpkg knows it by (NAME:ARCH when Multi-Arch: same); only a
     # bootstrap, which writes dpkg's status itself, needs it.
@@ -88,7 +113,9 @@ class StageOptions:
     # Foreign architectures: the target's fakeroot library (sandboxlib.py),
     # and the locked host-architecture packages whose programs may stand in
     # for emulated ones (PackageFile, native.py).
-    fakeroot_deb: str = field(default=None, metadata=OMIT_IF_NONE)
+    # (Its version is the host's fakeroot's: cachekey.tool_versions.)
+    fakeroot_deb: str = field(default=None,
+                              metadata={**OMIT_IF_NONE, **NOT_IN_KEY})
     stand_ins: list = field(default=None, metadata=OMIT_IF_NONE)
 
     # Fields holding lists of dataclasses: {field: class}.

@@ -22,7 +22,8 @@ from .. import debianlayout, debimport, dpkgorder, fetch, lockfile, manifest
 from .. import native, ostree, resolve
 from ..errors import UserError
 from ..recipefields import check_keys, describe, package_requests, shown
-from .base import Kind, PackageFile, StageOptions, package_requests_for_arch
+from .base import (NOT_IN_KEY, Kind, PackageFile, StageOptions,
+                   package_requests_for_arch)
 
 # mmdebstrap's variants: what a bootstrap stage starts from before its
 # extra packages.  "minbase" is an alias of "required" there, too.
@@ -41,9 +42,11 @@ class BootstrapOptions(StageOptions):
     variant: str
     requests: list                  # what apt is asked (for dpkgorder)
     packages: list                  # PackageFile, in install order
-    summaries: list                 # the packages' import summaries
+    # The packages' import summaries (their SHA256s are in ``packages``).
+    summaries: list = field(metadata=NOT_IN_KEY)
     merged_usr_dirs: list           # links to lay out (up to Debian 12)
-    plan: str = None                # the steps (StageFiles.plan), planned apart
+    # The steps (StageFiles.plan), planned apart from ``packages``.
+    plan: str = field(default=None, metadata=NOT_IN_KEY)
 
     NESTED = {"packages": PackageFile}
 

@@ -36,6 +36,14 @@ class CopyItemOptions:
     group: str
     mode: str = None
 
+    def key_value(self):
+        """In the stage's input key: the source by its place beside the
+        recipe and its content, not by where this checkout is."""
+        from ..cachekey import tree_digest
+        return {"src": os.path.relpath(self.src_abs, self.src_root),
+                "content": tree_digest(self.src_abs), "dest": self.dest,
+                "owner": self.owner, "group": self.group, "mode": self.mode}
+
 
 @dataclass(kw_only=True)
 class CopyOptions(StageOptions):

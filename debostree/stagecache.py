@@ -1,0 +1,577 @@
+"""The shared stage cache: stage commits kept under their input keys
+(cachekey.py) in an OSTree archive repository, which a plain directory,
+any static HTTP server or an object store serves.
+
+An entry is a commit of its own: the stage's tree, no parent, the time it
+was pushed, and metadata naming its key, architecture and stage and
+holding the stage's manifest (owners, modes and xattrs, zlib-compressed,
+with its SHA256).  Its ref is ``cache/v1/ARCH/KEY``; readers ask for that
+ref alone, so the repository needs no summary and pushers never contend
+for one.  Every entry is signed: ed25519 in ostree's format (ed25519.py)
+or GPG (``ostree gpg-sign``).
+
+Reading (``lookup``, before a stage runs): the entry's commit alone is
+pulled first, into a staging repository of the build directory, and is
+refused unless it is signed by the configured key and names the key that
+was asked for and a manifest with the SHA256 it states; then its tree,
+which ostree checks object by object, and which must have the manifest's
+paths and directory owners and modes; only then does the build repository
+take it.  The stage's commit is made from that tree as a build would make
+it (the previous commit when the tree is the same, so ninja's restat
+still stops what follows).  A miss is a line in the stage's log; an
+unreachable cache or a refused entry a line on the terminal too; and the
+stage builds.
+
+Writing (``push``): each built stage's commit becomes an entry in the push
+directory (an archive repository; made if missing), signed, skipped when
+the key is there already.  Objects and refs are written by ostree's
+atomic renames and an entry's ref is set only once it is signed, so
+concurrent pushers never leave a half entry.  ``prune`` removes entries
+pushed more than N days ago; ``verify`` rebuilds stages without the cache
+and compares their trees with the entries.
+
+Settings (``read_settings``): ``--cache URL`` (or a directory) at
+configure, else ``$DEBOSTREE_CACHE``, else ``url`` in the cache
+configuration file (``$DEBOSTREE_CACHE_CONFIG``, else
+``~/.config/debostree/cache.yaml``), which also holds the keys and the
+push directory.
+"""
+
+import hashlib
+import json
+import os
+import time
+import zlib
+
+from . import ed25519, files, ostree, proc, signing, yamlsrc
+from .errors import UserError
+from .project import URL_RE, user_config_file
+
+CONFIG_ENV_VAR = "DEBOSTREE_CACHE_CONFIG"
+URL_ENV_VAR = "DEBOSTREE_CACHE"
+SETTINGS_KEYS = {"url", "push", "ed25519-key", "ed25519-public-key",
+                 "gpg-key", "gpg-homedir", "gpg-keyring", "keep-days"}
+DEFAULT_KEEP_DAYS = 30
+REMOTE = "debostree-cache"
+REF_PREFIX = "cache/v1"
+KEY_META = "debostree.cache.key"
+ARCH_META = "debostree.cache.arch"
+STAGE_META = "debostree.cache.stage"
+MANIFEST_META = "debostree.cache.manifest"
+MANIFEST_SHA_META = "debostree.cache.manifest-sha256"
+
+
+def entry_ref(arch, key):
+    return f"{REF_PREFIX}/{arch}/{key}"
+
+
+def config_file():
+    return user_config_file("cache.yaml", CONFIG_ENV_VAR)
+
+
+def _url_of(text, origin):
+    """A URL from a URL or a directory (made absolute, as file://)."""
+    if "://" in text:
+        if not URL_RE.match(text):
+            raise UserError(f"{origin}: invalid cache URL {text!r}",
+                            hint="an http://, https:// or file:// URL, or a "
+                            "directory")
+        return text.rstrip("/")
+    return "file://" + os.path.abspath(os.path.expanduser(text))
+
+
+def read_settings(cli_url=None, cli_push=None, path=None, environ=os.environ):
+    """The cache settings: ``{url, push, ed25519_key, ed25519_public_key,
+    gpg_key, gpg_homedir, gpg_keyring}`` (only those set).
+
+    The file is a mapping: ``url`` (where entries are read: a URL or a
+    directory), ``push`` (the directory ``ninja cache-push`` writes), and
+    the keys: ``ed25519-key`` (a secret key file: signs pushed entries, and
+    its public half checks read ones), ``ed25519-public-key`` (a public key
+    file: checks read entries), or ``gpg-key`` (a key id, with an optional
+    ``gpg-homedir``: signs, and its public key checks) and ``gpg-keyring``
+    (a keyring file: checks); ``keep-days``, how long ``ninja cache-prune``
+    keeps entries (``DEFAULT_KEEP_DAYS``).  ``--cache`` and ``$DEBOSTREE_CACHE`` give
+    the URL instead of the file's; ``--cache-push`` the push directory.
+    Reading needs a key to check entries with, pushing one to sign them.
+    """
+    path = path or config_file()
+    settings = {}
+    if os.path.exists(path):
+        data, src = yamlsrc.load(path)
+        if data is not None:
+            settings = _file_settings(data, src, path)
+    env_url = environ.get(URL_ENV_VAR)
+    if cli_url:
+        settings["url"] = _url_of(cli_url, "--cache")
+    elif env_url:
+        settings["url"] = _url_of(env_url, URL_ENV_VAR)
+    if cli_push:
+        settings["push"] = os.path.abspath(os.path.expanduser(cli_push))
+    if "url" in settings and not _checks(settings):
+        raise UserError(f"a stage cache to read ({settings['url']}) needs a "
+                        "key to check its entries' signatures", path=path,
+                        hint="set 'ed25519-public-key', 'ed25519-key', "
+                        "'gpg-keyring' or 'gpg-key' there")
+    if "push" in settings and not (settings.get("ed25519_key")
+                                   or settings.get("gpg_key")):
+        raise UserError(f"a stage cache to push to ({settings['push']}) needs "
+                        "a key to sign its entries", path=path,
+                        hint="set 'ed25519-key' or 'gpg-key' there")
+    return settings
+
+
+def _checks(settings):
+    return any(settings.get(k) for k in ("ed25519_key", "ed25519_public_key",
+                                         "gpg_keyring", "gpg_key"))
+
+
+def _file_settings(data, src, path):
+    if not isinstance(data, dict):
+        raise UserError("expected a mapping with 'url' or 'push' and keys",
+                        path=path, line=src.line(()))
+    for key in data:
+        if key not in SETTINGS_KEYS:
+            raise src.error((key,), f"unknown key '{key}'",
+                            hint="one of " + ", ".join(sorted(SETTINGS_KEYS)))
+    settings = {}
+    here = os.path.dirname(os.path.abspath(path))
+    for key in ("url", "push", "gpg-key"):
+        if key in data and (not isinstance(data[key], str) or not data[key]):
+            raise src.error((key,), f"expected a string, got {data[key]!r}")
+    if "url" in data:
+        text = data["url"]
+        if "://" not in text:
+            text = os.path.join(here, os.path.expanduser(text))
+        try:
+            settings["url"] = _url_of(text, "url")
+        except UserError as error:
+            raise src.error(("url",), error.message, hint=error.hint)
+    if "push" in data:
+        settings["push"] = os.path.join(here, os.path.expanduser(data["push"]))
+    for key in ("ed25519-key", "ed25519-public-key", "gpg-homedir",
+                "gpg-keyring"):
+        if key in data:
+            value = data[key]
+            if not isinstance(value, str) or not value:
+                raise src.error((key,), f"expected a path, got {value!r}")
+            value = os.path.join(here, os.path.expanduser(value))
+            if not os.path.exists(value):
+                raise src.error((key,), f"no such file or directory: {value}")
+            settings[key.replace("-", "_")] = value
+    for key, read in (("ed25519-key", ed25519.read_secret_key),
+                      ("ed25519-public-key", ed25519.read_public_key)):
+        if key in data:
+            try:
+                read(settings[key.replace("-", "_")])
+            except UserError as error:
+                raise src.error((key,), error.message, hint=error.hint)
+    if "gpg-key" in data:
+        from .publish import GPG_KEY_RE
+        if not GPG_KEY_RE.fullmatch(data["gpg-key"]):
+            raise src.error(("gpg-key",), f"invalid GPG key id "
+                            f"{data['gpg-key']!r}", hint="its fingerprint, "
+                            "as 'gpg --list-secret-keys' shows")
+        settings["gpg_key"] = data["gpg-key"]
+    if "gpg_homedir" in settings and "gpg_key" not in settings:
+        raise src.error(("gpg-homedir",), "'gpg-homedir' needs 'gpg-key'")
+    if "keep-days" in data:
+        days = data["keep-days"]
+        if isinstance(days, bool) or not isinstance(days, int) or days < 0:
+            raise src.error(("keep-days",), f"expected a number of days, got "
+                            f"{days!r}", hint="e.g. 30")
+        settings["keep_days"] = days
+    return settings
+
+
+# -- reading -------------------------------------------------------------------
+def staging_repo(config):
+    """Where entries are pulled and checked before the build repository
+    takes them: nothing unchecked ever lands in the build repository."""
+    return os.path.join(config.builddir, "stagecache", "repo")
+
+
+def remote_stamp(config):
+    """The output of the edge that sets up the staging repository."""
+    return os.path.join(config.builddir, "stagecache", "remote.json")
+
+
+def setup_remote(config):
+    """The staging repository and its remote for the cache (one writer: the
+    edge ``graph.GraphBuilder.cache_remote_edge``), set to check the
+    configured GPG key; ed25519 signatures are checked by ``lookup``
+    (Debian 12's ostree cannot)."""
+    settings = config.stage_cache
+    repo = ostree.Repo(staging_repo(config))
+    if not repo.exists():
+        os.makedirs(repo.path, exist_ok=True)
+        proc.run(["ostree", "init", "--mode=bare-user", f"--repo={repo.path}"])
+    existing = proc.run(["ostree", "remote", "list", f"--repo={repo.path}"],
+                        capture=True).stdout.split()
+    if REMOTE in existing:
+        proc.run(["ostree", "remote", "delete", f"--repo={repo.path}", REMOTE])
+    # What earlier lookups left (the build repository has what was used).
+    proc.run(["ostree", "prune", f"--repo={repo.path}", "--refs-only"],
+             capture=True)
+    if settings.get("url"):
+        gpg = _public_key(settings) is None
+        proc.run(["ostree", "remote", "add", f"--repo={repo.path}",
+                  f"--set=gpg-verify={'true' if gpg else 'false'}",
+                  "--set=gpg-verify-summary=false", REMOTE, settings["url"]])
+        if gpg:
+            keyring = settings.get("gpg_keyring")
+            exported = None
+            if not keyring:
+                exported = signing.GpgSigner(
+                    settings["gpg_key"], settings.get("gpg_homedir")
+                ).export_keyring(os.path.join(repo.path, "tmp", "cache-key.gpg"))
+                keyring = exported
+            proc.run(["ostree", "remote", "gpg-import", f"--repo={repo.path}",
+                      f"--keyring={keyring}", REMOTE])
+            if exported:
+                os.unlink(exported)
+    files.write_if_changed(remote_stamp(config), json.dumps(
+        {"url": settings.get("url")}) + "\n")
+
+
+def _public_key(settings):
+    if settings.get("ed25519_public_key"):
+        return ed25519.read_public_key(settings["ed25519_public_key"])
+    if settings.get("ed25519_key"):
+        return ed25519.read_secret_key(settings["ed25519_key"]).public
+    return None
+
+
+class Refused(Exception):
+    """An entry that is not used, and why."""
+
+
+class TreesDiffer(UserError):
+    """``verify`` found stages that build to another tree: a failed check,
+    not bad input."""
+
+    exit_status = 1
+
+
+def lookup(config, arch, key):
+    """The entry for ``key``, checked and then taken into the build
+    repository: ``(entry commit, manifest text)``; None when there is none.
+    Raises ``Refused`` for an entry that fails a check, and ``UserError``
+    when the cache cannot be read."""
+    staging = staging_repo(config)
+    ref = entry_ref(arch, key)
+    _pull(config, staging, ["--commit-metadata-only", REMOTE, ref])
+    remote_ref = f"{REMOTE}:{ref}"
+    gi_repo = ostree.Repo(staging).open_gi()
+    commit = ostree.resolve_ref(gi_repo, remote_ref)
+    if commit is None:
+        return None
+    # The remote's ref is only the way to the commit.
+    proc.run(["ostree", "refs", f"--repo={staging}", "--delete", remote_ref],
+             check=False, capture=True)
+    public = _public_key(config.stage_cache)
+    if public is not None and not ed25519.commit_verified(gi_repo, commit,
+                                                          public):
+        raise Refused(f"commit {commit} has no valid ed25519 signature by "
+                      "the configured key")
+    text = entry_manifest(gi_repo, commit, arch, key)
+    # The tree: ostree checks every object against its checksum.
+    _pull(config, staging, [REMOTE, commit], tree=True)
+    problem = outline_problem(
+        ostree.tree_outline(ostree.Repo(staging).open_gi(), commit), text)
+    if problem:
+        raise Refused(f"commit {commit}: its tree does not match its "
+                      f"manifest ({problem})")
+    proc.run(["ostree", "pull-local", f"--repo={config.repo}", staging,
+              commit], capture=True)
+    return commit, text
+
+
+def entry_manifest(gi_repo, commit, arch, key):
+    """The manifest an entry holds, once its metadata is checked: it names
+    ``key`` and ``arch``, and a manifest with the SHA256 it states."""
+    metadata, _ = ostree.commit_metadata(gi_repo, commit)
+    if metadata.get(KEY_META) != key or metadata.get(ARCH_META) != arch:
+        raise Refused(f"commit {commit} is the entry of another key "
+                      f"({metadata.get(KEY_META)}, {metadata.get(ARCH_META)})")
+    try:
+        text = zlib.decompress(metadata.get(MANIFEST_META, b"")).decode()
+    except (zlib.error, UnicodeDecodeError):
+        raise Refused(f"commit {commit}: its manifest is unreadable")
+    if hashlib.sha256(text.encode()).hexdigest() != \
+            metadata.get(MANIFEST_SHA_META):
+        raise Refused(f"commit {commit}: its manifest is not the one it names")
+    return text
+
+
+def probe(config, stage_base, dyndep_path, say=print):
+    """Look a stage up before it runs (its probe edge): write what was
+    found to ``StageFiles.probe`` and the stage's dyndep file, which adds
+    the packages it needs as inputs unless the cache has it.  Entries are
+    taken into the build repository here (``lookup``)."""
+    from .cachekey import read_key, run_key
+    from .ids import reference_digest, write_reference
+    from .ninja import escape_path
+    from .stagefiles import StageFiles
+    stage = StageFiles(stage_base)
+    with open(stage.probe_inputs, encoding="utf-8") as f:
+        wanted = json.load(f)
+    with open(stage.options, encoding="utf-8") as f:
+        options = json.load(f)
+    label = f"{options['recipe']}/{options['stage']}"
+    key = read_key(stage.key)
+    if key is None:
+        raise UserError("the stage has no key", path=stage.key,
+                        hint="run ./configure")
+    # The IDs the stage would keep from its branch's history are part of
+    # the key it is cached under: found as the stage finds them.
+    work = stage_base + ".probe.d"
+    files.remove_tree(work)
+    os.makedirs(work)
+    try:
+        write_reference(config, options["recipe"], options["arch"], work)
+        key = run_key(key, reference_digest(work))
+    finally:
+        files.remove_tree(work)
+    entry = None
+    try:
+        found = lookup(config, options["arch"], key)
+        entry = found and found[0]
+    except Refused as refused:
+        say(f"{label}: stage cache entry {key} refused: {refused}; "
+            "building it")
+    except UserError as error:
+        say(f"{label}: {error.message}; building it")
+    files.write_if_changed(stage.probe, json.dumps(
+        {"run_key": key, "entry": entry}) + "\n")
+    line = f"build {escape_path(wanted['commit'])}: dyndep"
+    if entry is None and wanted["inputs"]:
+        line += " | " + " ".join(escape_path(p) for p in wanted["inputs"])
+    files.write_if_changed(dyndep_path,
+                           f"ninja_dyndep_version = 1\n{line}\n")
+    return entry
+
+
+# How ostree says the cache could not be reached (rather than that what
+# it served is wrong).
+UNREACHABLE = ("couldn't connect", "could not connect", "timeout", "timed out",
+               "could not resolve", "connection", "opening repo",
+               "no such file or directory", "server returned http")
+
+
+def _pull(config, repo, args, tree=False):
+    """``ostree pull`` into the staging repository.  For an entry's commit:
+    a missing ref is nothing, a refused signature ``Refused``, anything
+    else ``UserError``.  For its tree (``tree``): an unreachable cache is
+    ``UserError``, anything else (a corrupt object) ``Refused``."""
+    result = proc.run(["ostree", "pull", f"--repo={repo}"] + args,
+                      capture=True, check=False)
+    if result.returncode == 0:
+        return
+    lines = (result.stderr or "").strip().splitlines()
+    message = lines[-1] if lines else f"exit status {result.returncode}"
+    lowered = message.lower()
+    unreachable = UserError(f"cannot read the stage cache "
+                            f"{config.stage_cache.get('url')}: {message}")
+    if tree:
+        if any(text in lowered for text in UNREACHABLE):
+            raise unreachable
+        raise Refused(message)
+    if "signature" in lowered or "gpg" in lowered:
+        raise Refused(message)
+    # No such ref: "Refspec '...' not found" (a directory), HTTP 404.
+    if ("refspec" in lowered and "not found" in lowered) or "404" in lowered:
+        return
+    raise unreachable
+
+
+def outline_problem(outline, manifest_text):
+    """Where a tree (``ostree.tree_outline``) and a manifest disagree: paths,
+    and the owners and modes of directories; None when they agree."""
+    from .manifest import Entry
+    import stat
+    entries = {}
+    for line in manifest_text.splitlines():
+        entry = Entry.from_json(line)
+        entries[entry.path] = entry
+    missing = sorted(set(entries) - set(outline))
+    extra = sorted(set(outline) - set(entries))
+    if missing or extra:
+        return ", ".join([f"{p} not in the tree" for p in missing[:3]]
+                         + [f"{p} not in the manifest" for p in extra[:3]])
+    for path, (is_dir, uid, gid, mode) in outline.items():
+        entry = entries[path]
+        if is_dir != stat.S_ISDIR(entry.mode):
+            return f"{path} is {'a' if is_dir else 'not a'} directory"
+        if is_dir and (uid, gid, mode) != (entry.uid, entry.gid, entry.mode):
+            return f"{path}: owner or mode differ"
+    return None
+
+
+# -- writing -------------------------------------------------------------------
+def push(config, stages, say=print, now=time.time):
+    """Add each of ``stages`` (``(label, arch, stage commit, run key,
+    manifest path)``) to the push directory, signed; returns the count of
+    new entries."""
+    settings = config.stage_cache
+    target = ostree.Repo(settings["push"])
+    if not target.exists():
+        os.makedirs(target.path, exist_ok=True)
+        proc.run(["ostree", "init", "--mode=archive", f"--repo={target.path}"])
+    signer = signing.signer_for(settings)
+    added = 0
+    for label, arch, commit, key, manifest_path in stages:
+        ref = entry_ref(arch, key)
+        if target.rev_parse(ref):
+            say(f"cache-push: {label} ({arch}) is there already ({key[:16]})")
+            continue
+        with open(manifest_path, encoding="utf-8") as f:
+            text = f.read()
+        # Its time is when it was pushed (cache-prune), whatever
+        # SOURCE_DATE_EPOCH says.
+        entry, _ = ostree.commit_tree_of(
+            config.repo, commit, f"{label} ({arch}): stage cache entry",
+            timestamp=int(now()),
+            metadata={KEY_META: key, ARCH_META: arch, STAGE_META: label,
+                      MANIFEST_META: zlib.compress(text.encode(), 9),
+                      MANIFEST_SHA_META: hashlib.sha256(text.encode())
+                      .hexdigest()})
+        # --untrusted: every object is checked against its checksum, so a
+        # corrupt object of the build repository is never shared.
+        proc.run(["ostree", "pull-local", "--untrusted",
+                  f"--repo={target.path}", config.repo, entry], capture=True)
+        gi_target = target.open_gi()
+        signer.sign_commit(target.path, gi_target, entry)
+        # Only a signed entry gets its ref.
+        gi_target.set_ref_immediate(None, ref, entry, None)
+        added += 1
+        say(f"cache-push: {label} ({arch}) -> {ref} ({signer.describe()})")
+    return added
+
+
+def prune(config, keep_days, now, say=print):
+    """Remove the entries pushed more than ``keep_days`` days before
+    ``now``, and the objects only they used; returns the count removed."""
+    target = ostree.Repo(config.stage_cache["push"])
+    if not target.exists():
+        return 0
+    from gi.repository import OSTree
+    gi_target = target.open_gi()
+    _, refs = gi_target.list_refs_ext(REF_PREFIX,
+                                      OSTree.RepoListRefsExtFlags.NONE, None)
+    removed = 0
+    for ref, commit in sorted(refs.items()):
+        _, timestamp = ostree.commit_metadata(gi_target, commit)
+        if now - timestamp > keep_days * 86400:
+            gi_target.set_ref_immediate(None, ref, None, None)
+            removed += 1
+    freed = ""
+    if removed:
+        lines = proc.run(["ostree", "prune", f"--repo={target.path}",
+                          "--refs-only"], capture=True).stdout.splitlines()
+        freed = f" ({lines[-1].strip()})" if lines else ""
+    say(f"cache-prune: {removed} entries older than {keep_days} days removed, "
+        f"{len(refs) - removed} kept{freed}")
+    return removed
+
+
+# -- the stages of the build ---------------------------------------------------
+def built_stages(config):
+    """Every stage of the build directory (configure's index) that was
+    built, with the keys its commit is cached under: ``[{label, arch,
+    kind, commit, options, parent, stage_commit, run_keys, manifest}]``."""
+    index_path = os.path.join(config.builddir, "stagecache", "stages.json")
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+    except (OSError, ValueError):
+        raise UserError("no stage index in the build directory",
+                        path=index_path, hint="run ./configure")
+    from .stagefiles import StageFiles
+    found = []
+    for stage in index:
+        files_of = StageFiles.from_commit(stage["commit"])
+        try:
+            with open(stage["commit"], encoding="utf-8") as f:
+                commit = f.read().split()[0]
+            with open(files_of.run_key, encoding="utf-8") as f:
+                recorded = json.load(f)
+        except (OSError, ValueError, IndexError):
+            continue  # not built (or built before keys were recorded)
+        if recorded.get("commit") != commit or \
+                not isinstance(recorded.get("keys"), list):
+            continue
+        found.append({**stage, "stage_commit": commit,
+                      "run_keys": recorded["keys"],
+                      "manifest": files_of.manifest})
+    return found
+
+
+def verify(config, sample, seed, only=(), say=print):
+    """Build ``sample`` stages (or those labelled ``only``) again, each from
+    its parent's commit, without the cache, and compare each tree with the
+    stage's commit (from the cache or built): a tree that differs means an
+    input missing from the keys, or a build that is not reproducible.  Two
+    builds are compared when they hold for a common key (the IDs kept from
+    the branch's history are part of it).  Returns the labels of the
+    stages whose trees differ."""
+    import random
+    import shutil
+    import sys
+    from .stagefiles import StageFiles
+    stages = [s for s in built_stages(config)
+              if s["parent"] is None or os.path.exists(s["parent"])]
+    if only:
+        chosen = [s for s in stages if s["label"] in only]
+        unknown = sorted(set(only) - {s["label"] for s in chosen})
+        if unknown:
+            raise UserError(f"no built stage {', '.join(unknown)}",
+                            hint="name stages as RECIPE/STAGE, built first")
+    else:
+        chosen = random.Random(seed).sample(stages, min(sample, len(stages)))
+    work = os.path.join(config.builddir, "stagecache", "verify")
+    differ = []
+    for stage in sorted(chosen, key=lambda s: (s["label"], s["arch"])):
+        name = f"{stage['label']} ({stage['arch']})"
+        with open(stage["options"], encoding="utf-8") as f:
+            options = json.load(f)
+        shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(work)
+        # Its own ref, so the stage's ref and commit stay as they are; its
+        # key beside its output, so it records the keys it holds for.
+        options["ref"] = "verify/" + options["ref"]
+        options_path = os.path.join(work, "options.json")
+        with open(options_path, "w", encoding="utf-8") as f:
+            json.dump(options, f)
+        rebuilt_files = StageFiles(os.path.join(work, "rebuilt"))
+        shutil.copyfile(StageFiles.from_commit(stage["commit"]).key,
+                        rebuilt_files.key)
+        argv = [sys.executable, os.path.join(config.top, "stages",
+                                             stage["kind"]),
+                "--config", config.config_path, "--options", options_path,
+                "--out", rebuilt_files.commit]
+        if stage["parent"]:
+            argv += ["--parent", stage["parent"]]
+        say(f"cache-verify: building {name} again, without the cache")
+        proc.run(argv)
+        with open(rebuilt_files.commit, encoding="utf-8") as f:
+            rebuilt = f.read().split()[0]
+        with open(rebuilt_files.run_key, encoding="utf-8") as f:
+            rebuilt_keys = json.load(f)["keys"]
+        if not set(rebuilt_keys) & set(stage["run_keys"]):
+            say(f"cache-verify: {name}: its branch's system user and group "
+                "IDs differ from those it was built with; not compared")
+            continue
+        gi_repo = ostree.Repo(config.repo).open_gi()
+        if ostree.same_tree(gi_repo, rebuilt, stage["stage_commit"]):
+            say(f"cache-verify: {name}: the same tree")
+            continue
+        changes = proc.run(["ostree", "diff", f"--repo={config.repo}",
+                            stage["stage_commit"], rebuilt],
+                           capture=True).stdout.splitlines()
+        say(f"cache-verify: {name}: the tree differs from "
+            f"{stage['stage_commit']} ({len(changes)} paths: "
+            f"{', '.join(c.strip() for c in changes[:5])})")
+        differ.append(name)
+    shutil.rmtree(work, ignore_errors=True)
+    return differ
