@@ -37,17 +37,22 @@ class SecretKey:
         return base64.b64encode(self.public).decode()
 
 
-def read_secret_key(path):
-    """The first key of an ostree secret key file, checked for consistency."""
+def _key_bytes(path):
+    """The first key of an ostree key file (base64 lines), as bytes."""
     try:
         with open(path, encoding="ascii") as f:
             lines = [line.strip() for line in f if line.strip()]
     except (OSError, UnicodeDecodeError) as error:
         raise UserError(f"cannot read the ed25519 key: {error}", path=path)
     try:
-        raw = base64.b64decode(lines[0], validate=True) if lines else b""
+        return base64.b64decode(lines[0], validate=True) if lines else b""
     except ValueError:
-        raw = b""
+        return b""
+
+
+def read_secret_key(path):
+    """The first key of an ostree secret key file, checked for consistency."""
+    raw = _key_bytes(path)
     if len(raw) != 64:
         raise UserError("not an ed25519 secret key (expected a base64 line of "
                         "64 bytes: seed and public key, as 'ostree sign' reads)",
@@ -62,15 +67,7 @@ def read_secret_key(path):
 def read_public_key(path):
     """The public key of an ostree key file: a public key (32 bytes) or a
     secret key (its public half)."""
-    try:
-        with open(path, encoding="ascii") as f:
-            lines = [line.strip() for line in f if line.strip()]
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"cannot read the ed25519 key: {error}", path=path)
-    try:
-        raw = base64.b64decode(lines[0], validate=True) if lines else b""
-    except ValueError:
-        raw = b""
+    raw = _key_bytes(path)
     if len(raw) == 64:
         return read_secret_key(path).public
     if len(raw) != 32:

@@ -302,14 +302,8 @@ def _commit_changes(Gio, GLib, OSTree, repo, base_commit, target, upper,
                     parent_root.tree_get_metadata_checksum():
                 repo.abort_transaction(None)
                 return parent, False
-        meta = GLib.Variant("a{sv}", {k: GLib.Variant("s", v)
-                                      for k, v in (metadata or {}).items()})
-        if timestamp is None:
-            _, checksum = repo.write_commit(parent, subject, None, meta,
-                                            root_file, None)
-        else:
-            _, checksum = repo.write_commit_with_time(
-                parent, subject, None, meta, root_file, int(timestamp), None)
+        checksum = _write_commit(GLib, repo, parent, subject, metadata,
+                                 root_file, timestamp)
         repo.transaction_set_ref(None, branch, checksum)
         repo.commit_transaction(None)
         return checksum, True
@@ -328,6 +322,20 @@ def _metadata_variant(GLib, metadata):
         else:
             values[key] = GLib.Variant("s", value)
     return GLib.Variant("a{sv}", values)
+
+
+def _write_commit(GLib, repo, parent, subject, metadata, root_file,
+                  timestamp):
+    """A commit object in the open transaction; ``timestamp`` None: now
+    (or SOURCE_DATE_EPOCH, as libostree reads it)."""
+    meta = _metadata_variant(GLib, metadata)
+    if timestamp is None:
+        _, checksum = repo.write_commit(parent, subject, None, meta, root_file,
+                                        None)
+    else:
+        _, checksum = repo.write_commit_with_time(
+            parent, subject, None, meta, root_file, int(timestamp), None)
+    return checksum
 
 
 def commit_tree_of(repo_path, source, subject, branch=None, parent=None,
@@ -351,13 +359,8 @@ def commit_tree_of(repo_path, source, subject, branch=None, parent=None,
     try:
         mtree = OSTree.MutableTree.new_from_checksum(repo, contents, dirmeta)
         _, root_file = repo.write_mtree(mtree, None)
-        meta = _metadata_variant(GLib, metadata)
-        if timestamp is None:
-            _, checksum = repo.write_commit(parent, subject, None, meta,
-                                            root_file, None)
-        else:
-            _, checksum = repo.write_commit_with_time(
-                parent, subject, None, meta, root_file, int(timestamp), None)
+        checksum = _write_commit(GLib, repo, parent, subject, metadata,
+                                 root_file, timestamp)
         if branch:
             repo.transaction_set_ref(None, branch, checksum)
         repo.commit_transaction(None)

@@ -18,15 +18,13 @@ history (see ``branch.parent_commit``).
 """
 
 import os
-import re
 
-from . import ed25519, ostree, proc, signing, yamlsrc
+from . import ostree, proc, signing, yamlsrc
 from .errors import UserError
 from .project import URL_RE, user_config_file
 
 CONFIG_ENV_VAR = "DEBOSTREE_PUBLISH_CONFIG"
 SETTINGS_KEYS = {"url", "ed25519-key", "gpg-key", "gpg-homedir"}
-GPG_KEY_RE = re.compile(r"^[0-9A-Fa-f]{8,40}$")
 
 
 def repo_path(config):
@@ -65,33 +63,7 @@ def read_settings(path=None):
             raise src.error(("url",), f"invalid URL {data['url']!r}",
                             hint="an http://, https:// or file:// URL")
         settings["url"] = data["url"].rstrip("/")
-    if "ed25519-key" in data and "gpg-key" in data:
-        raise src.error(("gpg-key",), "set one of 'ed25519-key' and 'gpg-key'")
-    for key in ("ed25519-key", "gpg-homedir"):
-        if key in data:
-            value = data[key]
-            if not isinstance(value, str) or not value:
-                raise src.error((key,), f"expected a path, got {value!r}")
-            value = os.path.join(os.path.dirname(os.path.abspath(path)),
-                                 os.path.expanduser(value))
-            if not os.path.exists(value):
-                raise src.error((key,), f"no such file or directory: {value}")
-            settings[key.replace("-", "_")] = value
-    if "ed25519_key" in settings:
-        try:
-            ed25519.read_secret_key(settings["ed25519_key"])
-        except UserError as error:
-            raise src.error(("ed25519-key",), f"{settings['ed25519_key']}: "
-                            f"{error.message}", hint=error.hint)
-    if "gpg-key" in data:
-        if not isinstance(data["gpg-key"], str) or \
-                not GPG_KEY_RE.fullmatch(data["gpg-key"]):
-            raise src.error(("gpg-key",), f"invalid GPG key id "
-                            f"{data['gpg-key']!r}", hint="its fingerprint, "
-                            "as 'gpg --list-secret-keys' shows")
-        settings["gpg_key"] = data["gpg-key"]
-    if "gpg_homedir" in settings and "gpg_key" not in settings:
-        raise src.error(("gpg-homedir",), "'gpg-homedir' needs 'gpg-key'")
+    settings.update(signing.read_signing_settings(src, data, path))
     return settings
 
 

@@ -11,6 +11,7 @@ settings name (publish.read_settings).
 """
 
 import os
+import re
 import shutil
 
 from . import ed25519, proc
@@ -180,3 +181,37 @@ def _detached_metadata(gi_repo, commit):
     except GLib.Error:
         return None
     return metadata
+
+
+GPG_KEY_RE = re.compile(r"^[0-9A-Fa-f]{8,40}$")
+
+
+def read_signing_settings(src, data, config_path):
+    """The signing key a configuration file (publish.yaml, cache.yaml)
+    names: ``ed25519-key`` (an ostree secret key file) or ``gpg-key`` (a
+    key id) with an optional ``gpg-homedir``; as ``{ed25519_key, gpg_key,
+    gpg_homedir}`` (those set), checked."""
+    from .yamlsrc import existing_path
+    settings = {}
+    if "ed25519-key" in data and "gpg-key" in data:
+        raise src.error(("gpg-key",), "set one of 'ed25519-key' and 'gpg-key'")
+    for key in ("ed25519-key", "gpg-homedir"):
+        if key in data:
+            settings[key.replace("-", "_")] = existing_path(src, data, key,
+                                                            config_path)
+    if "ed25519_key" in settings:
+        try:
+            ed25519.read_secret_key(settings["ed25519_key"])
+        except UserError as error:
+            raise src.error(("ed25519-key",), f"{settings['ed25519_key']}: "
+                            f"{error.message}", hint=error.hint)
+    if "gpg-key" in data:
+        if not isinstance(data["gpg-key"], str) or \
+                not GPG_KEY_RE.fullmatch(data["gpg-key"]):
+            raise src.error(("gpg-key",), f"invalid GPG key id "
+                            f"{data['gpg-key']!r}", hint="its fingerprint, "
+                            "as 'gpg --list-secret-keys' shows")
+        settings["gpg_key"] = data["gpg-key"]
+    if "gpg_homedir" in settings and "gpg_key" not in settings:
+        raise src.error(("gpg-homedir",), "'gpg-homedir' needs 'gpg-key'")
+    return settings

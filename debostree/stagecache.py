@@ -149,32 +149,21 @@ def _file_settings(data, src, path):
             raise src.error(("url",), error.message, hint=error.hint)
     if "push" in data:
         settings["push"] = os.path.join(here, os.path.expanduser(data["push"]))
-    for key in ("ed25519-key", "ed25519-public-key", "gpg-homedir",
-                "gpg-keyring"):
-        if key in data:
-            value = data[key]
-            if not isinstance(value, str) or not value:
-                raise src.error((key,), f"expected a path, got {value!r}")
-            value = os.path.join(here, os.path.expanduser(value))
-            if not os.path.exists(value):
-                raise src.error((key,), f"no such file or directory: {value}")
-            settings[key.replace("-", "_")] = value
-    for key, read in (("ed25519-key", ed25519.read_secret_key),
-                      ("ed25519-public-key", ed25519.read_public_key)):
-        if key in data:
-            try:
-                read(settings[key.replace("-", "_")])
-            except UserError as error:
-                raise src.error((key,), error.message, hint=error.hint)
-    if "gpg-key" in data:
-        from .publish import GPG_KEY_RE
-        if not GPG_KEY_RE.fullmatch(data["gpg-key"]):
-            raise src.error(("gpg-key",), f"invalid GPG key id "
-                            f"{data['gpg-key']!r}", hint="its fingerprint, "
-                            "as 'gpg --list-secret-keys' shows")
-        settings["gpg_key"] = data["gpg-key"]
-    if "gpg_homedir" in settings and "gpg_key" not in settings:
-        raise src.error(("gpg-homedir",), "'gpg-homedir' needs 'gpg-key'")
+    if "ed25519-public-key" in data and "gpg-keyring" in data:
+        raise src.error(("gpg-keyring",),
+                        "set one of 'ed25519-public-key' and 'gpg-keyring'")
+    if "ed25519-public-key" in data:
+        settings["ed25519_public_key"] = yamlsrc.existing_path(
+            src, data, "ed25519-public-key", path)
+        try:
+            ed25519.read_public_key(settings["ed25519_public_key"])
+        except UserError as error:
+            raise src.error(("ed25519-public-key",), error.message,
+                            hint=error.hint)
+    if "gpg-keyring" in data:
+        settings["gpg_keyring"] = yamlsrc.existing_path(src, data,
+                                                        "gpg-keyring", path)
+    settings.update(signing.read_signing_settings(src, data, path))
     if "keep-days" in data:
         days = data["keep-days"]
         if isinstance(days, bool) or not isinstance(days, int) or days < 0:
@@ -275,8 +264,12 @@ def lookup(config, arch, key):
         raise Refused(f"commit {commit} has no valid ed25519 signature by "
                       "the configured key")
     text = entry_manifest(gi_repo, commit, arch, key)
-    # The tree: ostree checks every object against its checksum.
-    _pull(config, staging, [REMOTE, commit], tree=True)
+    # The tree: ostree checks every object against its checksum.  Objects
+    # that the pool's import store (the packages' files) or the build
+    # repository have are linked from there rather than fetched.
+    _pull(config, staging, [REMOTE, commit] + [
+        f"--localcache-repo={repo}" for repo in _local_caches(config)],
+        tree=True)
     problem = outline_problem(
         ostree.tree_outline(ostree.Repo(staging).open_gi(), commit), text)
     if problem:
@@ -285,6 +278,17 @@ def lookup(config, arch, key):
     proc.run(["ostree", "pull-local", f"--repo={config.repo}", staging,
               commit], capture=True)
     return commit, text
+
+
+def _local_caches(config):
+    """Repositories of this machine whose objects a pull may link."""
+    from . import importstore
+    found = [config.repo]
+    store = os.path.join(config.pool, importstore.STORE_DIR)
+    if os.path.isdir(os.path.join(store, "repo")) and \
+            importstore.usable(config.pool):
+        found.append(os.path.join(store, "repo"))
+    return found
 
 
 def entry_manifest(gi_repo, commit, arch, key):

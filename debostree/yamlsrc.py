@@ -6,6 +6,8 @@ plain Python values plus a ``Source`` that maps a key path (``("stages", 2,
 exact spot.  Duplicate keys, which PyYAML silently accepts, are refused.
 """
 
+import os
+
 import yaml
 
 from .errors import UserError
@@ -123,3 +125,16 @@ def load(path, text=None):
         raise UserError(f"invalid YAML value: {error.problem}", path=path,
                         line=mark.line + 1 if mark else None)
     return data, Source(path, lines)
+
+
+def existing_path(src, data, key, config_path):
+    """The path a configuration file's ``key`` names (``~`` expanded,
+    relative to the file), which must exist."""
+    value = data[key]
+    if not isinstance(value, str) or not value:
+        raise src.error((key,), f"expected a path, got {value!r}")
+    value = os.path.join(os.path.dirname(os.path.abspath(config_path)),
+                         os.path.expanduser(value))
+    if not os.path.exists(value):
+        raise src.error((key,), f"no such file or directory: {value}")
+    return value

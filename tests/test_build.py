@@ -109,10 +109,11 @@ def template(tmp_path_factory, pool):
     return root
 
 
-def configure(project, pool, builddir="build", extra=()):
+def configure(project, pool, builddir="build", extra=(), env=None):
     return run([sys.executable, os.path.join(TOP, "configure.py"),
                 "--recipes", "recipes", "--lockfiles", "lockfiles",
-                "--builddir", builddir, "--pool", pool, *extra], project)
+                "--builddir", builddir, "--pool", pool, *extra], project,
+               env=env)
 
 
 def fresh(template, tmp_path, name="project"):

@@ -15,9 +15,10 @@ import sys
 
 import pytest
 
-from debarchive import Server
 from conftest import TOP
+from debarchive import Server
 from test_build import TRIXIE_ARCHIVES, ostree, run, stages_run
+from test_build import configure as configure_in
 from test_publish import ed25519_keys
 
 pytestmark = [pytest.mark.network, pytest.mark.sandbox, pytest.mark.slow]
@@ -46,9 +47,7 @@ EPOCH = {"SOURCE_DATE_EPOCH": "1700000000"}
 
 
 def configure(project, pool, env, extra=()):
-    return run([sys.executable, os.path.join(TOP, "configure.py"),
-                "--recipes", "recipes", "--lockfiles", "lockfiles",
-                "--pool", pool, *extra], project, env=env)
+    return configure_in(project, pool, extra=extra, env=env)
 
 
 def stage_log(project, stage):
