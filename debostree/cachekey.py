@@ -15,7 +15,9 @@ Configure writes each stage's key and what went into it to
 ``StageFiles.key`` (not an input of the stage's edge: a key changes when
 an input does, so it would only rerun what ninja reruns anyway).  One more
 input is known only when the stage runs: the system user and group IDs it
-keeps from its branch's history (ids.py); ``run_key`` adds it.
+keeps from its branch's history (ids.py); ``run_key`` adds it.  A
+package's import has a key of its own (``debimport.import_key``), which the
+pool's import store checks.
 """
 
 import glob

@@ -18,6 +18,7 @@ composing a tree never reads a .deb again.  Owners and modes come from the
 tar headers; no root is needed and no emulated code runs.
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -183,6 +184,30 @@ def read_control(deb, info_dir, expect=None):
     return control, conffiles, triggers, flags, members["control"][0].decode()
 
 
+IMPORT_FORMAT = "debostree-import/1"
+
+
+@functools.lru_cache(maxsize=None)
+def _importer_digest():
+    """SHA256 of the code that decides what an import makes: this module
+    and the manifest format it writes."""
+    digest = hashlib.sha256()
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in ("debimport.py", "manifest.py"):
+        with open(os.path.join(here, name), "rb") as f:
+            digest.update(name.encode() + b"\0" + f.read())
+    return digest.hexdigest()
+
+
+def import_key(sha256):
+    """The key of a package's import (cachekey.py): the .deb's SHA256, the
+    importer's code and ``IMPORT_FORMAT``.  An import made by other code has
+    another key, so a store does not hand it out (importstore.py)."""
+    from .cachekey import digest_json
+    return digest_json({"format": IMPORT_FORMAT, "deb": sha256,
+                        "importer": _importer_digest()})
+
+
 def import_deb(repo_path, deb, sha256, summary_path, tmp_root, expect=None):
     """Import ``deb`` into the repo, after checking it has ``sha256`` and
     that it is the package ``expect`` = (name, version, architecture) the
@@ -277,6 +302,7 @@ def import_deb(repo_path, deb, sha256, summary_path, tmp_root, expect=None):
                                                     (st.st_mode & 0o7777))
         summary = {
             "sha256": sha256,
+            "key": import_key(sha256),
             "package": control["Package"],
             "version": control["Version"],
             "architecture": control["Architecture"],

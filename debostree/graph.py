@@ -477,14 +477,18 @@ class GraphBuilder:
         return out
 
     def cache_remote_edge(self):
-        """The edge that sets up where stage cache entries are pulled and
-        checked (stagecache.setup_remote): before any stage runs."""
+        """The edge that sets up the build repository's remote for the
+        stage cache (stagecache.setup_remote): before any probe runs."""
         out = self.p(stagecache.remote_stamp(self.config))
         if out not in self.checked:
             self.checked.add(out)
+            # It writes the build repository's configuration: after that
+            # is made.  (The import edges, which need that file to exist,
+            # run again once after a change of the cache's URL or key.)
             self.graph.builds.append(Build(
                 [out], "stage_cache_remote",
-                implicit=[self.p(self.config.config_path)]))
+                implicit=[self.p(self.config.config_path)],
+                order_only=[self.p(os.path.join(self.config.repo, "config"))]))
         return out
 
     def publish_stamp(self):

@@ -16,7 +16,9 @@ boundary as the build directory's own repository).  A pool shared between
 users, or one that others can write to, gets today's behaviour: each build
 directory imports into its own repository, checking every .deb's SHA256.
 Import commits carry a fixed timestamp, so concurrent importers of one
-package make the same commit.
+package make the same commit.  Each summary names its import's key
+(``debimport.import_key``: the .deb and the importer's code), and an entry
+made by other code is imported again.
 """
 
 import fcntl
@@ -65,6 +67,9 @@ def _stored(store, item):
     if summary.get("sha256") != item["sha256"] or expect and [
             summary["package"], summary["version"],
             summary["architecture"]] != list(expect):
+        return None
+    # Made by other code (another version of the importer): made again.
+    if summary.get("key") != debimport.import_key(item["sha256"]):
         return None
     return summary
 

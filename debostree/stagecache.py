@@ -10,14 +10,14 @@ ref alone, so the repository needs no summary and pushers never contend
 for one.  Every entry is signed: ed25519 in ostree's format (ed25519.py)
 or GPG (``ostree gpg-sign``).
 
-Reading (``lookup``, before a stage runs): the entry's commit alone is
-pulled first, into a staging repository of the build directory, and is
-refused unless it is signed by the configured key and names the key that
-was asked for and a manifest with the SHA256 it states; then its tree,
-which ostree checks object by object, and which must have the manifest's
-paths and directory owners and modes; only then does the build repository
-take it.  The stage's commit is made from that tree as a build would make
-it (the previous commit when the tree is the same, so ninja's restat
+Reading (``lookup``, by a stage's probe edge before the stage runs): the
+entry's commit alone is pulled first, and is refused unless it is signed by
+the configured key and names the key that was asked for and a manifest
+with the SHA256 it states; then its tree, which ostree checks object by
+object as it arrives, and which must have the manifest's paths and
+directory owners and modes.  No ref ever names a refused entry (what it
+left is an unreferenced object or two, which ``ostree prune`` removes).
+The stage's commit is made from that tree as a build would make it (the previous commit when the tree is the same, so ninja's restat
 still stops what follows).  A miss is a line in the stage's log; an
 unreachable cache or a refused entry a line on the terminal too; and the
 stage builds.
@@ -174,34 +174,22 @@ def _file_settings(data, src, path):
 
 
 # -- reading -------------------------------------------------------------------
-def staging_repo(config):
-    """Where entries are pulled and checked before the build repository
-    takes them: nothing unchecked ever lands in the build repository."""
-    return os.path.join(config.builddir, "stagecache", "repo")
-
-
 def remote_stamp(config):
-    """The output of the edge that sets up the staging repository."""
+    """The output of the edge that sets up the cache's remote."""
     return os.path.join(config.builddir, "stagecache", "remote.json")
 
 
 def setup_remote(config):
-    """The staging repository and its remote for the cache (one writer: the
-    edge ``graph.GraphBuilder.cache_remote_edge``), set to check the
-    configured GPG key; ed25519 signatures are checked by ``lookup``
-    (Debian 12's ostree cannot)."""
+    """The build repository's remote for the cache (one writer: the edge
+    ``graph.GraphBuilder.cache_remote_edge``, before any probe), set to
+    check the configured GPG key; ed25519 signatures are checked by
+    ``lookup`` (Debian 12's ostree cannot)."""
     settings = config.stage_cache
-    repo = ostree.Repo(staging_repo(config))
-    if not repo.exists():
-        os.makedirs(repo.path, exist_ok=True)
-        proc.run(["ostree", "init", "--mode=bare-user", f"--repo={repo.path}"])
+    repo = ostree.Repo(config.repo)
     existing = proc.run(["ostree", "remote", "list", f"--repo={repo.path}"],
                         capture=True).stdout.split()
     if REMOTE in existing:
         proc.run(["ostree", "remote", "delete", f"--repo={repo.path}", REMOTE])
-    # What earlier lookups left (the build repository has what was used).
-    proc.run(["ostree", "prune", f"--repo={repo.path}", "--refs-only"],
-             capture=True)
     if settings.get("url"):
         gpg = _public_key(settings) is None
         proc.run(["ostree", "remote", "add", f"--repo={repo.path}",
@@ -243,20 +231,20 @@ class TreesDiffer(UserError):
 
 
 def lookup(config, arch, key):
-    """The entry for ``key``, checked and then taken into the build
-    repository: ``(entry commit, manifest text)``; None when there is none.
+    """The entry for ``key``, pulled into the build repository and checked:
+    ``(entry commit, manifest text)``; None when there is none.
     Raises ``Refused`` for an entry that fails a check, and ``UserError``
     when the cache cannot be read."""
-    staging = staging_repo(config)
+    repo = config.repo
     ref = entry_ref(arch, key)
-    _pull(config, staging, ["--commit-metadata-only", REMOTE, ref])
+    _pull(config, repo, ["--commit-metadata-only", REMOTE, ref])
     remote_ref = f"{REMOTE}:{ref}"
-    gi_repo = ostree.Repo(staging).open_gi()
+    gi_repo = ostree.Repo(repo).open_gi()
     commit = ostree.resolve_ref(gi_repo, remote_ref)
     if commit is None:
         return None
     # The remote's ref is only the way to the commit.
-    proc.run(["ostree", "refs", f"--repo={staging}", "--delete", remote_ref],
+    proc.run(["ostree", "refs", f"--repo={repo}", "--delete", remote_ref],
              check=False, capture=True)
     public = _public_key(config.stage_cache)
     if public is not None and not ed25519.commit_verified(gi_repo, commit,
@@ -265,25 +253,23 @@ def lookup(config, arch, key):
                       "the configured key")
     text = entry_manifest(gi_repo, commit, arch, key)
     # The tree: ostree checks every object against its checksum.  Objects
-    # that the pool's import store (the packages' files) or the build
-    # repository have are linked from there rather than fetched.
-    _pull(config, staging, [REMOTE, commit] + [
-        f"--localcache-repo={repo}" for repo in _local_caches(config)],
+    # that the pool's import store has (the packages' files) are linked
+    # from there rather than fetched.
+    _pull(config, repo, [REMOTE, commit] + [
+        f"--localcache-repo={store}" for store in _local_caches(config)],
         tree=True)
     problem = outline_problem(
-        ostree.tree_outline(ostree.Repo(staging).open_gi(), commit), text)
+        ostree.tree_outline(ostree.Repo(repo).open_gi(), commit), text)
     if problem:
         raise Refused(f"commit {commit}: its tree does not match its "
                       f"manifest ({problem})")
-    proc.run(["ostree", "pull-local", f"--repo={config.repo}", staging,
-              commit], capture=True)
     return commit, text
 
 
 def _local_caches(config):
     """Repositories of this machine whose objects a pull may link."""
     from . import importstore
-    found = [config.repo]
+    found = []
     store = os.path.join(config.pool, importstore.STORE_DIR)
     if os.path.isdir(os.path.join(store, "repo")) and \
             importstore.usable(config.pool):
@@ -364,14 +350,18 @@ UNREACHABLE = ("couldn't connect", "could not connect", "timeout", "timed out",
 
 
 def _pull(config, repo, args, tree=False):
-    """``ostree pull`` into the staging repository.  For an entry's commit:
+    """``ostree pull`` into the build repository.  For an entry's commit:
     a missing ref is nothing, a refused signature ``Refused``, anything
     else ``UserError``.  For its tree (``tree``): an unreachable cache is
     ``UserError``, anything else (a corrupt object) ``Refused``."""
-    result = proc.run(["ostree", "pull", f"--repo={repo}"] + args,
-                      capture=True, check=False)
-    if result.returncode == 0:
-        return
+    for attempt in range(ostree.ATTEMPTS):
+        result = proc.run(["ostree", "pull", f"--repo={repo}"] + args,
+                          capture=True, check=False)
+        if result.returncode == 0:
+            return
+        if ostree.STAGING_RACE not in (result.stderr or ""):
+            break
+        time.sleep(0.05 * (attempt + 1))  # see ostree.retry_staging_race
     lines = (result.stderr or "").strip().splitlines()
     message = lines[-1] if lines else f"exit status {result.returncode}"
     lowered = message.lower()

@@ -157,3 +157,27 @@ def test_a_store_entry_for_another_package_is_not_taken(tmp_path):
         in out
     with open(listed[0]["summary"]) as f:
         assert json.load(f)["version"] == "1.0"
+
+
+def test_an_import_made_by_other_code_is_made_again(tmp_path):
+    """Each summary names its import's key (the .deb's SHA256 and the
+    importer's code); a store entry with another key, as an older importer
+    left it, is imported again."""
+    from debostree import debimport
+    pool, items = make_pool(tmp_path)
+    import_into_builddir(tmp_path, pool, items, "one")
+    store = os.path.join(pool, importstore.STORE_DIR)
+    path = importstore.summary_path(store, items[1]["sha256"])
+    with open(path) as f:
+        summary = json.load(f)
+    assert summary["key"] == debimport.import_key(items[1]["sha256"])
+    assert summary["key"] != debimport.import_key(items[0]["sha256"])
+    summary["key"] = "0" * 64
+    with open(path, "w") as f:
+        json.dump(summary, f)
+    assert importstore.missing(store, items) == [items[1]]
+    _, listed, out = import_into_builddir(tmp_path, pool, items, "two")
+    assert "imported 1 packages into the pool's import store, 1 were there" \
+        in out
+    with open(listed[1]["summary"]) as f:
+        assert json.load(f)["key"] == debimport.import_key(items[1]["sha256"])
