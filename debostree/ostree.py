@@ -347,6 +347,13 @@ def commit_tree_of(repo_path, source, subject, branch=None, parent=None,
     Gio, GLib, OSTree = _gi()
     repo = OSTree.Repo.new(Gio.File.new_for_path(repo_path))
     repo.open(None)
+    return retry_staging_race(lambda: _commit_tree_of(
+        GLib, OSTree, repo, source, subject, branch, parent, timestamp,
+        metadata))
+
+
+def _commit_tree_of(GLib, OSTree, repo, source, subject, branch, parent,
+                    timestamp, metadata):
     _, variant, _ = repo.load_commit(source)
     contents = _variant_hex(variant.get_child_value(6))
     dirmeta = _variant_hex(variant.get_child_value(7))

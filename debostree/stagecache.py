@@ -432,8 +432,9 @@ def push(config, stages, say=print, now=time.time):
                       .hexdigest()})
         # --untrusted: every object is checked against its checksum, so a
         # corrupt object of the build repository is never shared.
-        proc.run(["ostree", "pull-local", "--untrusted",
-                  f"--repo={target.path}", config.repo, entry], capture=True)
+        ostree.retry_staging_race(lambda: proc.run(
+            ["ostree", "pull-local", "--untrusted", f"--repo={target.path}",
+             config.repo, entry], capture=True))
         gi_target = target.open_gi()
         signer.sign_commit(target.path, gi_target, entry)
         # Only a signed entry gets its ref.

@@ -283,3 +283,40 @@ def test_pushed_entries_are_taken_only_with_the_right_signature(
     with pytest.raises(UserError, match="cannot read the stage cache"):
         stagecache.lookup(reader("file://" + str(tmp_path / "nothing")),
                           "amd64", stage_key)
+
+
+def test_concurrent_pushers_leave_a_whole_cache(tmp_path):
+    """Four processes push into one cache directory at once, two of them
+    the same keys: every entry is whole, signed and readable, and ostree
+    finds every object as its checksum says."""
+    import subprocess
+    import sys
+    from test_publish import ed25519_keys
+    config, commit, manifest_path = stage_tree(tmp_path)
+    (tmp_path / "k").mkdir()
+    secret = ed25519_keys(str(tmp_path / "k"))[0]
+    cache = str(tmp_path / "cache")
+    config.stage_cache = {"ed25519_key": secret, "push": cache}
+    config.save()
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from debostree import project, stagecache\n"
+        "config = project.load_config(sys.argv[2])\n"
+        "keys = sys.argv[5:]\n"
+        "stagecache.push(config, [('r/s', 'amd64', sys.argv[3], k, sys.argv[4])"
+        " for k in keys], say=lambda line: None)\n")
+    key_sets = [[f"{i:064x}" for i in range(n, n + 6)] for n in (0, 0, 3, 6)]
+    pushers = [subprocess.Popen([sys.executable, "-c", script, TOP,
+                                 config.config_path, commit, manifest_path,
+                                 *keys], stderr=subprocess.PIPE, text=True)
+               for keys in key_sets]
+    for pusher in pushers:
+        assert pusher.wait() == 0, pusher.stderr.read()
+    fsck = subprocess.run(["ostree", "fsck", f"--repo={cache}"],
+                          capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    config.stage_cache = {"ed25519_key": secret, "url": "file://" + cache}
+    stagecache.setup_remote(config)
+    for key in sorted({k for keys in key_sets for k in keys}):
+        found, text = stagecache.lookup(config, "amd64", key)
+        assert text == open(manifest_path).read()
