@@ -9,15 +9,34 @@ ninja sees no change.
 
 import os
 import shutil
+import tempfile
 
 
 def write_atomically(path, text):
-    """Write ``text`` to ``path`` through ``path~`` and a rename."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}~{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    """Write ``text`` to ``path`` through a file of its own beside it
+    (``path~XXXX``: not named by the PID, which is 1 in every stage's
+    namespace) and a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + "~",
+                               dir=directory)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
+    os.chmod(tmp, _new_file_mode())  # mkstemp's is 0600
     os.replace(tmp, path)
+
+
+def _new_file_mode():
+    """The mode ``open`` gives a new file: 0666 less the umask (read from
+    /proc: setting the umask to read it is not safe with threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o644
 
 
 def write_if_changed(path, text):

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import stat
+import tempfile
 from dataclasses import dataclass
 
 
@@ -125,8 +126,11 @@ def lower_walk(lower, cache_path):
 def _write_lower_walk(lower, cache_path, stats):
     found = {path: LowerStat(st.st_mode, st.st_ino)
              for path, st in stats.items()}
-    tmp = f"{cache_path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    # A name of its own: stages on the same checkout run at once, each in a
+    # PID namespace of its own (so the same PID).
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(cache_path) + ".",
+                               dir=os.path.dirname(cache_path))
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump({"identity": _lower_identity(lower),
                    "paths": {path: [s.st_mode, s.st_ino]
                              for path, s in found.items()}},

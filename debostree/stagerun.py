@@ -254,12 +254,16 @@ class Stage:
         tmp = f"{path}.tmp{os.getpid()}"
         files.remove_tree(tmp)
         self.repo.checkout(commit, tmp, log=self.log)
-        # Its walk is kept beside it, naming its root (the rename keeps it).
-        manifest.prepare_lower(tmp, lower_walk_path(path))
+        # Its walk is kept beside it, naming its root (the rename keeps it),
+        # once it is the checkout.
+        manifest.prepare_lower(tmp, lower_walk_path(tmp))
         try:
             os.rename(tmp, path)
         except OSError:
             files.remove_tree(tmp)  # another edge made the same checkout meanwhile
+            _unlink_if_present(lower_walk_path(tmp))
+        else:
+            os.replace(lower_walk_path(tmp), lower_walk_path(path))
         os.utime(path)  # ostree checks out with mtime 0; this marks it as used
         kept = sorted((e for e in os.scandir(cache)
                        if e.is_dir() and ".tmp" not in e.name),

@@ -4,6 +4,8 @@ import os
 import shutil
 import stat
 
+import pytest
+
 from debostree import manifest
 
 
@@ -99,3 +101,35 @@ def test_a_lower_layer_gets_an_inode_per_file_and_keeps_its_walk(tmp_path):
         f.write("{")
     assert seen(manifest.lower_walk(str(root), cache)) == \
         seen(manifest.walk(str(root)))
+
+
+@pytest.mark.sandbox
+def test_stages_on_one_checkout_walk_it_at_once(tmp_path):
+    """Stages that start from one checkout run at once, each in a PID
+    namespace of its own where its PID is 1: walking the checkout and
+    keeping the walk must not trip over each other."""
+    import subprocess
+    import sys
+    from conftest import TOP
+    root = tmp_path / "checkout"
+    for i in range(40):
+        (root / f"d{i}").mkdir(parents=True)
+        for j in range(50):
+            (root / f"d{i}" / f"f{j}").write_text(f"{i} {j}")
+    cache = str(tmp_path / "checkout.walk.json")
+    script = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+              "from debostree import manifest\n"
+              "assert len(manifest.lower_walk(sys.argv[2], sys.argv[3])) "
+              "== 2041\n")
+    for _ in range(3):
+        with open(cache, "w") as f:
+            f.write('{"identity": [0, 0, 0], "paths": {}}')  # another's
+        walkers = [subprocess.Popen(
+            ["unshare", "--user", "--map-root-user", "--pid", "--fork",
+             sys.executable, "-c", script, TOP, str(root), cache],
+            stderr=subprocess.PIPE, text=True) for _ in range(10)]
+        for walker in walkers:
+            assert walker.wait() == 0, walker.stderr.read()
+    assert len(manifest.lower_walk(str(root), cache)) == 2041
+    assert [n for n in os.listdir(tmp_path) if "walk" in n] == \
+        ["checkout.walk.json"]

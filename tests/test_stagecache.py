@@ -140,6 +140,13 @@ def test_another_machine_takes_every_stage_from_the_cache(cache, tmp_path):
     assert stages_run(output) == {"cached/b", "cached/c"}, output
     assert built(project, "b") and built(project, "c")
     assert ostree(project, "cat", "test/cached", "/etc/b") == "B\n"
+    # Another script with the same result: b runs (a new key), makes the
+    # same tree, and what follows it is not run again (restat).
+    recipe.write_text(recipe.read_text().replace("echo B > /etc/b",
+                                                 "printf 'B\\n' > /etc/b"))
+    output = run(["ninja", "cached"], project, env=env).stdout
+    assert stages_run(output) == {"cached/b"}, output
+    assert "(unchanged," in stage_log(project, "b")
 
 
 def entry_of(cache_dir, stage_label):
