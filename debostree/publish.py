@@ -22,6 +22,7 @@ import os
 from . import ostree, proc, signing, yamlsrc
 from .errors import UserError
 from .project import URL_RE, user_config_file
+from .recipefields import check_keys
 
 CONFIG_ENV_VAR = "DEBOSTREE_PUBLISH_CONFIG"
 SETTINGS_KEYS = {"url", "ed25519-key", "gpg-key", "gpg-homedir"}
@@ -53,10 +54,7 @@ def read_settings(path=None):
     if not isinstance(data, dict):
         raise UserError("expected a mapping with 'url' and a signing key",
                         path=path, line=src.line(()))
-    for key in data:
-        if key not in SETTINGS_KEYS:
-            raise src.error((key,), f"unknown key '{key}'",
-                            hint="one of " + ", ".join(sorted(SETTINGS_KEYS)))
+    check_keys(src, (), data, SETTINGS_KEYS)
     settings = {}
     if "url" in data:
         if not isinstance(data["url"], str) or not URL_RE.match(data["url"]):

@@ -46,6 +46,7 @@ import zlib
 from . import ed25519, files, ostree, proc, signing, yamlsrc
 from .errors import UserError
 from .project import URL_RE, user_config_file
+from .recipefields import check_keys
 
 CONFIG_ENV_VAR = "DEBOSTREE_CACHE_CONFIG"
 URL_ENV_VAR = "DEBOSTREE_CACHE"
@@ -130,10 +131,7 @@ def _file_settings(data, src, path):
     if not isinstance(data, dict):
         raise UserError("expected a mapping with 'url' or 'push' and keys",
                         path=path, line=src.line(()))
-    for key in data:
-        if key not in SETTINGS_KEYS:
-            raise src.error((key,), f"unknown key '{key}'",
-                            hint="one of " + ", ".join(sorted(SETTINGS_KEYS)))
+    check_keys(src, (), data, SETTINGS_KEYS)
     settings = {}
     here = os.path.dirname(os.path.abspath(path))
     for key in ("url", "push", "gpg-key"):
