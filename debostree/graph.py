@@ -86,7 +86,6 @@ class GraphBuilder:
                               "init_repo"))
 
         self._rules()
-        self._regenerate()
         g.builds.append(Build(["update-lockfiles"], "update_lockfiles",
                               variables={"flags": Raw("")}))
         g.builds.append(Build(["check-lockfiles"], "update_lockfiles",
@@ -112,6 +111,7 @@ class GraphBuilder:
                 "action": target.split("-")[1]}))
         self.write_options(os.path.join(self.config.builddir, "stagecache",
                                         "stages.json"), self.stage_index)
+        self._regenerate()
         g.defaults = defaults
         return g
 
@@ -592,6 +592,12 @@ class GraphBuilder:
         return out
 
     def _regenerate(self):
+        """The edge that runs configure again, after every other edge is
+        known: its inputs are the project's code, the recipes and
+        lockfiles, and every source file a stage reads (its kind's script,
+        copied files).  Stage keys (cachekey.py) are computed here from
+        those files, so an edit of one must reconfigure, or the stage's
+        key would name a tree that other content made."""
         top = self.top
         inputs = [os.path.join(top, "configure.py"),
                   os.path.join(top, "build.ninja.in")]
@@ -603,6 +609,17 @@ class GraphBuilder:
         for path, _ in self.locks.values():
             if os.path.exists(path):
                 inputs.append(path)
+        inputs = {self.p(i) for i in inputs}
+        produced = {path for build in self.graph.builds
+                    for path in (*build.outputs, *build.implicit_outputs)}
+        builddir = self.p(self.config.builddir) + "/"
+        sources = {path for build in self.graph.builds
+                   for path in (*build.inputs, *build.implicit)
+                   if path not in produced and not path.startswith(builddir)}
+        for path in sorted(sources - inputs):
+            # A source that is gone reruns configure, which says which
+            # recipe names it, rather than ninja stopping at "missing".
+            self.graph.builds.append(Build([path], "phony"))
         self.graph.builds.append(Build(
             ["build.ninja"], "configure",
-            implicit=[self.p(i) for i in sorted(set(inputs))]))
+            implicit=sorted(inputs | sources)))

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 
 import pytest
 
@@ -92,10 +93,20 @@ def test_keys_are_the_same_elsewhere_and_follow_every_input(two_machines,
     configure(second, "--mirror", f"test={arc.url}")
     edited = keys(second)
     assert changed(mine, edited) == ["a", "apps", "b", "files"]
-    # A copied file's content: the copy stage and what follows it.
+    # A copied file's content: the copy stage and what follows it, and
+    # ninja reconfigures by itself for it (a key computed before the edit
+    # would name the new tree in the cache).
     (second / "recipes" / "files" / "motd").write_text("hello again\n")
-    configure(second, "--mirror", f"test={arc.url}")
+    result = subprocess.run(["ninja", "build.ninja"], cwd=second,
+                            capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0 and "CONFIGURE" in result.stdout, \
+        result.stdout + result.stderr
     assert changed(edited, keys(second)) == ["apps", "b", "files"]
+    # The stage kinds' scripts are in every key: configure's inputs too.
+    regenerate = next(line for line in (second / "build.ninja").read_text()
+                      .splitlines() if line.startswith("build build.ninja:"))
+    assert os.path.join(TOP, "stages", "run") in regenerate.split()
     # Its mode too.
     before = keys(second)
     os.chmod(second / "recipes" / "files" / "motd", 0o600)
