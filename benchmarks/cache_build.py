@@ -30,6 +30,15 @@ from common import PYTHON, TOP, kind_of, ninja_log, timed
 
 
 class Quiet(http.server.SimpleHTTPRequestHandler):
+    """A static server as the ones a cache is served by (a web server, an
+    object store): connections kept open between requests (Python's
+    default, HTTP/1.0, is a connection per object), and each response sent
+    as it is written (Nagle's algorithm would hold every one back for the
+    client's delayed acknowledgement, 40 ms)."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
     def log_message(self, *args):
         pass
 

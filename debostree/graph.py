@@ -417,8 +417,11 @@ class GraphBuilder:
             dynamic = [self.p(i) for i in implicit
                        if self.p(i) in self.package_paths]
             implicit = [i for i in implicit if self.p(i) not in self.package_paths]
-            dyndep = self.probe_edge(recipe, arch, stage, stage_files, inputs,
-                                     implicit, dynamic)
+            parent_probe = StageFiles.of(
+                self.config.builddir, parent_recipe, arch,
+                parent_stage).dyndep if stage.parent else None
+            dyndep = self.probe_edge(recipe, arch, stage, stage_files,
+                                     parent_probe, dynamic)
             order_only.append(dyndep)
             variables["dyndep"] = Raw(escape_path(dyndep))
             self.dynamic_inputs[self.p(stage_files.commit)] = dynamic
@@ -455,23 +458,30 @@ class GraphBuilder:
         self.write_options(stage_files.key, {"key": key, "inputs": inputs})
         return key
 
-    def probe_edge(self, recipe, arch, stage, stage_files, inputs, implicit,
+    def probe_edge(self, recipe, arch, stage, stage_files, parent_probe,
                    dynamic):
         """The edge that looks the stage up in the stage cache before it
         runs (stagecache.probe), writing the stage's dyndep file: the
-        packages it needs (``dynamic``) on a miss, nothing on a hit.  Its
-        inputs are the stage's own and the stage's key, so it runs again
-        whenever the stage would."""
+        packages it needs (``dynamic``) on a miss, nothing on a hit.
+
+        Its inputs are the stage's options and key, which covers all the
+        stage would read (configure runs again when one of those files
+        changes): so it runs again whenever the stage's key changes, and
+        not for the parent's commit, so probes run ahead of the stages.  It
+        follows its parent's probe, whose tree it mostly shares: the objects
+        are fetched once."""
         out = self.p(stage_files.dyndep)
         self.write_options(stage_files.probe_inputs, {
             "commit": self.p(stage_files.commit), "inputs": dynamic})
+        order_only = [self.cache_remote_edge(),
+                      self.p(os.path.join(self.config.repo, "config"))]
+        if parent_probe:
+            order_only.append(self.p(parent_probe))
         self.graph.builds.append(Build(
-            [out], "stage_cache_probe", [self.p(i) for i in inputs],
-            implicit=[self.p(i) for i in implicit]
-            + [self.p(stage_files.key), self.p(stage_files.probe_inputs)],
+            [out], "stage_cache_probe", [self.p(stage_files.options)],
+            implicit=[self.p(stage_files.key), self.p(stage_files.probe_inputs)],
             implicit_outputs=[self.p(stage_files.probe)],
-            order_only=[self.cache_remote_edge(),
-                        self.p(os.path.join(self.config.repo, "config"))],
+            order_only=order_only,
             variables={"stage": Raw(shell_args([self.p(stage_files.base)])),
                        "name": stage_label(recipe, arch, stage)}))
         return out
