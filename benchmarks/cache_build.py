@@ -9,7 +9,8 @@ fresh clone and build directory with the same pool, the cache served over
 HTTP on 127.0.0.1; `./configure --cache URL && ninja`.  Target: <= 10% of
 the build without.  Then once more with an empty pool of its own (a machine
 that has never built; the build without the cache would fetch and import
-every package too).  Prints the totals, what each build with the cache
+every package too), and once with the cache read as a directory (a cache
+volume that CI mounts or restores) and an empty pool.  Prints the totals, what each build with the cache
 fetched and built, and where its time went.
 
     benchmarks/cache_build.py [TARGET...]     (default: ninja's defaults)
@@ -100,12 +101,15 @@ def main():
               f"cache: {cold:.1f} s; then cache-push: {push:.1f} s "
               f"({pushed.group(1) if pushed else '?'} entries, "
               f"{du(cache_dir) / 1e6:.0f} MB)")
-        for name, clone_pool, what in (
-                ("second", pool, "the same pool"),
-                ("third", os.path.join(work, "pool"), "an empty pool")):
+        for name, clone_pool, source, what in (
+                ("second", pool, url, "over HTTP and the same pool"),
+                ("third", os.path.join(work, "pool"), url,
+                 "over HTTP and an empty pool"),
+                ("fourth", os.path.join(work, "pool4"), cache_dir,
+                 "as a directory (a CI cache volume) and an empty pool")):
             checkout = clone(work, name)
             timed([PYTHON, "configure.py", "--pool", clone_pool, "--cache",
-                   url], cwd=checkout, env=env)
+                   source], cwd=checkout, env=env)
             warm, out = timed(["ninja"] + targets, cwd=checkout, env=env)
             report_warm(first, checkout, out, warm, cold, what)
     finally:
@@ -135,7 +139,7 @@ def report_warm(first, checkout, out, warm, cold, what):
                                   text=True).stdout for h in heads}
 
     same = refs(f"{first}/build/repo") == refs(f"{checkout}/build/repo")
-    print(f"a fresh clone with the cache over HTTP and {what}: {warm:.1f} s; "
+    print(f"a fresh clone with the cache {what}: {warm:.1f} s; "
           f"ratio {warm / cold:.3f} (target <= 0.10)")
     print(f"  stages taken from the cache: {taken}, stages built: {built}, "
           f"packages fetched: {fetched}; branch commits the same: {same}")

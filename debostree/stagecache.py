@@ -242,8 +242,7 @@ def lookup(config, arch, key):
     if commit is None:
         return None
     # The remote's ref is only the way to the commit.
-    proc.run(["ostree", "refs", f"--repo={repo}", "--delete", remote_ref],
-             check=False, capture=True)
+    gi_repo.set_ref_immediate(REMOTE, ref, None, None)
     public = _public_key(config.stage_cache)
     if public is not None and not ed25519.commit_verified(gi_repo, commit,
                                                           public):
