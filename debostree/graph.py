@@ -60,6 +60,7 @@ class GraphBuilder:
         # a stage cache, what a stage needs of them is a dynamic input
         # (``probe_edge``), and import edges know their consumers from here.
         self.package_paths = set()
+        self.probes = {}  # (recipe, arch) -> its stages' probes (probe_edges)
         self.dynamic_inputs = {}  # stage output -> package inputs
         self._key_context = None
         self.checked = set()
@@ -99,6 +100,7 @@ class GraphBuilder:
             branch_outs += published
             defaults.append(recipe.name)
         self.import_all()
+        self.probe_edges()
         g.builds.append(Build(["fetch"], "phony", sorted(set(all_fetch))))
         stamp = self.publish_stamp()
         g.builds.append(Build([stamp], "publish_summary", [], implicit=branch_outs
@@ -188,7 +190,7 @@ class GraphBuilder:
             + " --config $config remote", "CACHE remote", {"restat": "1"}))
         g.rules.append(Rule(
             "stage_cache_probe", run("tools", "stage-cache")
-            + " --config $config probe --stage-files $stage --out $out",
+            + " --config $config probe $stages",
             "CACHE $name", {"restat": "1"}))
         g.rules.append(Rule(
             "stage_cache", run("tools", "stage-cache")
@@ -420,8 +422,8 @@ class GraphBuilder:
             parent_probe = StageFiles.of(
                 self.config.builddir, parent_recipe, arch,
                 parent_stage).dyndep if stage.parent else None
-            dyndep = self.probe_edge(recipe, arch, stage, stage_files,
-                                     parent_probe, dynamic)
+            dyndep = self.probe_edge(recipe, arch, stage_files, parent_probe,
+                                     dynamic)
             order_only.append(dyndep)
             variables["dyndep"] = Raw(escape_path(dyndep))
             self.dynamic_inputs[self.p(stage_files.commit)] = dynamic
@@ -458,33 +460,48 @@ class GraphBuilder:
         self.write_options(stage_files.key, {"key": key, "inputs": inputs})
         return key
 
-    def probe_edge(self, recipe, arch, stage, stage_files, parent_probe,
-                   dynamic):
-        """The edge that looks the stage up in the stage cache before it
-        runs (stagecache.probe), writing the stage's dyndep file: the
-        packages it needs (``dynamic``) on a miss, nothing on a hit.
-
-        Its inputs are the stage's options and key, which covers all the
-        stage would read (configure runs again when one of those files
-        changes): so it runs again whenever the stage's key changes, and
-        not for the parent's commit, so probes run ahead of the stages.  It
-        follows its parent's probe, whose tree it mostly shares: the objects
-        are fetched once."""
-        out = self.p(stage_files.dyndep)
+    def probe_edge(self, recipe, arch, stage_files, parent_probe, dynamic):
+        """Add the stage to its recipe and architecture's probe (written by
+        ``probe_edges``); returns the stage's dyndep file, which the probe
+        writes: the packages the stage needs (``dynamic``) on a miss,
+        nothing on a hit."""
         self.write_options(stage_files.probe_inputs, {
             "commit": self.p(stage_files.commit), "inputs": dynamic})
-        order_only = [self.cache_remote_edge(),
-                      self.p(os.path.join(self.config.repo, "config"))]
+        group = self.probes.setdefault((recipe.name, arch), {
+            "name": recipe.name + (f" {arch}" if len(recipe.architectures) > 1
+                                   else ""), "stages": [], "after": []})
+        group["stages"].append(stage_files)
         if parent_probe:
-            order_only.append(self.p(parent_probe))
-        self.graph.builds.append(Build(
-            [out], "stage_cache_probe", [self.p(stage_files.options)],
-            implicit=[self.p(stage_files.key), self.p(stage_files.probe_inputs)],
-            implicit_outputs=[self.p(stage_files.probe)],
-            order_only=order_only,
-            variables={"stage": Raw(shell_args([self.p(stage_files.base)])),
-                       "name": stage_label(recipe, arch, stage)}))
-        return out
+            group["after"].append(self.p(parent_probe))
+        return self.p(stage_files.dyndep)
+
+    def probe_edges(self):
+        """One edge per recipe and architecture that looks its stages up in
+        the stage cache before they run (stagecache.probe): one process and
+        one pull for them all, so the objects their trees share come once.
+
+        Its inputs are the stages' options and keys, which cover all that
+        a stage reads (configure runs again when one of those files
+        changes): so it runs again when a key changes, not for a stage's
+        commit, and the probes run ahead of the stages.  A recipe that
+        starts from another's stage follows that recipe's probe, whose
+        trees its own mostly share."""
+        for (_, _), group in sorted(self.probes.items()):
+            stages = group["stages"]
+            outputs = {self.p(s.dyndep) for s in stages}
+            after = sorted({p for p in group["after"] if p not in outputs})
+            self.graph.builds.append(Build(
+                [self.p(s.dyndep) for s in stages], "stage_cache_probe",
+                [self.p(s.options) for s in stages],
+                implicit=[self.p(path) for s in stages
+                          for path in (s.key, s.probe_inputs)],
+                implicit_outputs=[self.p(s.probe) for s in stages],
+                order_only=[self.cache_remote_edge(),
+                            self.p(os.path.join(self.config.repo, "config"))]
+                + after,
+                variables={"stages": Raw(" ".join(
+                    "--stage-files " + shell_args([self.p(s.base)])
+                    for s in stages)), "name": group["name"]}))
 
     def cache_remote_edge(self):
         """The edge that sets up the build repository's remote for the

@@ -10,15 +10,17 @@ ref alone, so the repository needs no summary and pushers never contend
 for one.  Every entry is signed: ed25519 in ostree's format (ed25519.py)
 or GPG (``ostree gpg-sign``).
 
-Reading (``lookup``, by a stage's probe edge before the stage runs): the
+Reading (``lookup_many``, by the probe edge of a recipe and architecture,
+before its stages run, for all of them at once): the
 entry's commit alone is pulled first, and is refused unless it is signed by
 the configured key and names the key that was asked for and a manifest
 with the SHA256 it states; then its tree, which ostree checks object by
 object as it arrives, and which must have the manifest's paths and
 directory owners and modes.  No ref ever names a refused entry (what it
 left is an unreferenced object or two, which ``ostree prune`` removes).
-The stage's commit is made from that tree as a build would make it (the previous commit when the tree is the same, so ninja's restat
-still stops what follows).  A miss is a line in the stage's log; an
+The stage's commit is made from that tree as a build would make it (the
+previous commit when the tree is the same, so ninja's restat still stops
+what follows).  A miss is a line in the stage's log; an
 unreachable cache or a refused entry a line on the terminal too; and the
 stage builds.
 
@@ -233,34 +235,78 @@ def lookup(config, arch, key):
     ``(entry commit, manifest text)``; None when there is none.
     Raises ``Refused`` for an entry that fails a check, and ``UserError``
     when the cache cannot be read."""
+    found = lookup_many(config, [(arch, key)])[(arch, key)]
+    if isinstance(found, Exception):
+        raise found
+    return found
+
+
+def lookup_many(config, wanted):
+    """``lookup`` of each ``(arch, key)`` of ``wanted`` at once: ``{(arch,
+    key): (commit, manifest text), None, or the Refused or UserError that
+    stops it}``.  The entries' commits come in one pull and their trees in
+    another, which fetches an object that several trees share once; a pull
+    that fails is made again for each entry, to say which one failed."""
     repo = config.repo
-    ref = entry_ref(arch, key)
-    _pull(config, repo, ["--commit-metadata-only", REMOTE, ref])
-    remote_ref = f"{REMOTE}:{ref}"
+    results = {}
+    refs = {item: entry_ref(*item) for item in wanted}
+    # The commits alone, first: nothing of a tree is fetched before its
+    # commit's signature and metadata are checked.
+    try:
+        _pull(config, repo, ["--commit-metadata-only", REMOTE]
+              + sorted(set(refs.values())), several=True)
+    except (Refused, UserError):
+        for item, ref in refs.items():
+            try:
+                _pull(config, repo, ["--commit-metadata-only", REMOTE, ref])
+            except (Refused, UserError) as error:
+                results[item] = error
     gi_repo = ostree.Repo(repo).open_gi()
-    commit = ostree.resolve_ref(gi_repo, remote_ref)
-    if commit is None:
-        return None
-    # The remote's ref is only the way to the commit.
-    gi_repo.set_ref_immediate(REMOTE, ref, None, None)
     public = _public_key(config.stage_cache)
-    if public is not None and not ed25519.commit_verified(gi_repo, commit,
-                                                          public):
-        raise Refused(f"commit {commit} has no valid ed25519 signature by "
-                      "the configured key")
-    text = entry_manifest(gi_repo, commit, arch, key)
-    # The tree: ostree checks every object against its checksum.  Objects
+    checked = {}
+    for item, ref in refs.items():
+        if item in results:
+            continue
+        commit = ostree.resolve_ref(gi_repo, f"{REMOTE}:{ref}")
+        if commit is None:
+            results[item] = None
+            continue
+        # The remote's ref is only the way to the commit.
+        gi_repo.set_ref_immediate(REMOTE, ref, None, None)
+        try:
+            if public is not None and not ed25519.commit_verified(
+                    gi_repo, commit, public):
+                raise Refused(f"commit {commit} has no valid ed25519 "
+                              "signature by the configured key")
+            checked[item] = (commit, entry_manifest(gi_repo, commit, *item))
+        except Refused as refused:
+            results[item] = refused
+    # The trees: ostree checks every object against its checksum.  Objects
     # that the pool's import store has (the packages' files) are linked
     # from there rather than fetched.
-    _pull(config, repo, [REMOTE, commit] + [
-        f"--localcache-repo={store}" for store in _local_caches(config)],
-        tree=True)
-    problem = outline_problem(
-        ostree.tree_outline(ostree.Repo(repo).open_gi(), commit), text)
-    if problem:
-        raise Refused(f"commit {commit}: its tree does not match its "
-                      f"manifest ({problem})")
-    return commit, text
+    local = [f"--localcache-repo={store}" for store in _local_caches(config)]
+    commits = sorted({commit for commit, _ in checked.values()})
+    pulled = set()
+    if commits:
+        try:
+            _pull(config, repo, [REMOTE] + commits + local, tree=True)
+            pulled = set(commits)
+        except (Refused, UserError):
+            pass
+    gi_repo = ostree.Repo(repo).open_gi()
+    for item, (commit, text) in checked.items():
+        try:
+            if commit not in pulled:
+                _pull(config, repo, [REMOTE, commit] + local, tree=True)
+            problem = outline_problem(ostree.tree_outline(gi_repo, commit),
+                                      text)
+            if problem:
+                raise Refused(f"commit {commit}: its tree does not match "
+                              f"its manifest ({problem})")
+            results[item] = (commit, text)
+        except (Refused, UserError) as error:
+            results[item] = error
+    return results
 
 
 def _local_caches(config):
@@ -291,52 +337,105 @@ def entry_manifest(gi_repo, commit, arch, key):
     return text
 
 
-def probe(config, stage_base, dyndep_path, say=print):
-    """Look a stage up before it runs (its probe edge): write what was
-    found to ``StageFiles.probe`` and the stage's dyndep file, which adds
-    the packages it needs as inputs unless the cache has it.  Entries are
-    taken into the build repository here (``lookup``)."""
+def probe(config, stage_bases, say=print):
+    """Look stages up before they run (the probe edge of a recipe and
+    architecture): write what was found to each one's ``StageFiles.probe``
+    and its dyndep file, which adds the packages it needs as inputs unless
+    the cache has it.  Entries are taken into the build repository here
+    (``lookup_many``); a stage looked up before under the key it has now
+    is not looked up again (``_probed_already``)."""
     from .cachekey import read_key, run_key
     from .ids import reference_digest, write_reference
-    from .ninja import escape_path
     from .stagefiles import StageFiles
-    stage = StageFiles(stage_base)
-    with open(stage.probe_inputs, encoding="utf-8") as f:
-        wanted = json.load(f)
-    with open(stage.options, encoding="utf-8") as f:
-        options = json.load(f)
-    label = f"{options['recipe']}/{options['stage']}"
-    key = read_key(stage.key)
-    if key is None:
-        raise UserError("the stage has no key", path=stage.key,
-                        hint="run ./configure")
-    # The IDs the stage would keep from its branch's history are part of
-    # the key it is cached under: found as the stage finds them.
-    work = stage_base + ".probe.d"
-    files.remove_tree(work)
-    os.makedirs(work)
+    references = {}
+    stages = []
+    for base in stage_bases:
+        stage = StageFiles(base)
+        with open(stage.probe_inputs, encoding="utf-8") as f:
+            wanted = json.load(f)
+        with open(stage.options, encoding="utf-8") as f:
+            options = json.load(f)
+        key = read_key(stage.key)
+        if key is None:
+            raise UserError("the stage has no key", path=stage.key,
+                            hint="run ./configure")
+        recipe, arch = options["recipe"], options["arch"]
+        if (recipe, arch) not in references:
+            # The IDs the stages would keep from their branch's history are
+            # part of the key they are cached under: found as a stage
+            # finds them.
+            work = base + ".probe.d"
+            files.remove_tree(work)
+            os.makedirs(work)
+            try:
+                write_reference(config, recipe, arch, work)
+                references[(recipe, arch)] = reference_digest(work)
+            finally:
+                files.remove_tree(work)
+        stages.append((stage, wanted, f"{recipe}/{options['stage']}", arch,
+                       key, run_key(key, references[(recipe, arch)])))
+    gi_repo = ostree.Repo(config.repo).open_gi()
+    todo = []
+    for stage, wanted, label, arch, key, run in stages:
+        before = _probed_already(gi_repo, stage, key)
+        if before is None:
+            todo.append((stage, wanted, label, arch, key, run))
+        else:
+            # Its packages may be elsewhere now (another pool).
+            _write_probe(stage, wanted, key, before["run_key"],
+                         before["entry"])
+    found = lookup_many(config, [(arch, run) for _, _, _, arch, _, run
+                                 in todo]) if todo else {}
+    entries = {}
+    for stage, wanted, label, arch, plain_key, key in todo:
+        result = found[(arch, key)]
+        entry = None
+        if isinstance(result, Refused):
+            say(f"{label}: stage cache entry {key} refused: {result}; "
+                "building it")
+        elif isinstance(result, UserError):
+            say(f"{label}: {result.message}; building it")
+        elif result:
+            entry = result[0]
+        entries[stage.base] = entry
+        _write_probe(stage, wanted, plain_key, key, entry)
+    return entries
+
+
+def _probed_already(gi_repo, stage, key):
+    """What the stage's probe found before (its ``StageFiles.probe``) when
+    that was under the key it has now (``StageFiles.key``) and an entry
+    found then is whole in the build repository; else None.  (When a
+    recipe's probe runs again for another of its stages, this one's lookup
+    could only matter if the stage ran again, which a key that is the same
+    does not make it do.)"""
     try:
-        write_reference(config, options["recipe"], options["arch"], work)
-        key = run_key(key, reference_digest(work))
-    finally:
-        files.remove_tree(work)
-    entry = None
+        with open(stage.probe, encoding="utf-8") as f:
+            found = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(found, dict) or found.get("key") != key or \
+            not found.get("run_key"):
+        return None
+    if not found.get("entry"):
+        return found
+    from gi.repository import GLib, OSTree
     try:
-        found = lookup(config, options["arch"], key)
-        entry = found and found[0]
-    except Refused as refused:
-        say(f"{label}: stage cache entry {key} refused: {refused}; "
-            "building it")
-    except UserError as error:
-        say(f"{label}: {error.message}; building it")
+        _, _, state = gi_repo.load_commit(found["entry"])
+    except GLib.Error:
+        return None
+    return None if state & OSTree.RepoCommitState.PARTIAL else found
+
+
+def _write_probe(stage, wanted, plain_key, key, entry):
+    from .ninja import escape_path
     files.write_if_changed(stage.probe, json.dumps(
-        {"run_key": key, "entry": entry}) + "\n")
+        {"key": plain_key, "run_key": key, "entry": entry}) + "\n")
     line = f"build {escape_path(wanted['commit'])}: dyndep"
     if entry is None and wanted["inputs"]:
         line += " | " + " ".join(escape_path(p) for p in wanted["inputs"])
-    files.write_if_changed(dyndep_path,
+    files.write_if_changed(stage.dyndep,
                            f"ninja_dyndep_version = 1\n{line}\n")
-    return entry
 
 
 # How ostree says the cache could not be reached (rather than that what
@@ -346,11 +445,13 @@ UNREACHABLE = ("couldn't connect", "could not connect", "timeout", "timed out",
                "no such file or directory", "server returned http")
 
 
-def _pull(config, repo, args, tree=False):
+def _pull(config, repo, args, tree=False, several=False):
     """``ostree pull`` into the build repository.  For an entry's commit:
     a missing ref is nothing, a refused signature ``Refused``, anything
     else ``UserError``.  For its tree (``tree``): an unreachable cache is
-    ``UserError``, anything else (a corrupt object) ``Refused``."""
+    ``UserError``, anything else (a corrupt object) ``Refused``.  For the
+    commits of ``several`` refs: a missing one fails them all
+    (``UserError``), and the caller pulls each on its own."""
     for attempt in range(ostree.ATTEMPTS):
         result = proc.run(["ostree", "pull", f"--repo={repo}"] + args,
                           capture=True, check=False)
@@ -371,7 +472,8 @@ def _pull(config, repo, args, tree=False):
     if "signature" in lowered or "gpg" in lowered:
         raise Refused(message)
     # No such ref: "Refspec '...' not found" (a directory), HTTP 404.
-    if ("refspec" in lowered and "not found" in lowered) or "404" in lowered:
+    if not several and (("refspec" in lowered and "not found" in lowered)
+                        or "404" in lowered):
         return
     raise unreachable
 
