@@ -72,29 +72,27 @@ def commit_branch(config_path, options_path, stage_path, out_path):
     if opts.get("version") and prev_version == version:
         print(f"{branch}: warning: version {version} is also the previous "
               "commit's; raise 'version' in the recipe")
+    status = history.status_text(gi_repo, stage_commit)
+    records = history.package_records(status) if status is not None else []
     changes = history.diff(history.commit_packages(gi_repo, previous)
                            if previous else {},
-                           history.commit_packages(gi_repo, stage_commit))
+                           history.installed_packages(status or ""))
     if not previous:
         body = f"First commit: {len(changes.added)} packages"
     elif changes:
         body = "\n".join(history.lines(changes))
     else:
         body = "Packages: unchanged (files or settings changed)"
-    argv = ["ostree", "commit", f"--repo={config.repo}", f"--branch={branch}",
-            f"--tree=ref={stage_commit}", "--no-bindings", "--fsync=false",
-            f"--subject={opts['recipe']} {version}", f"--body={body}",
-            f"--add-metadata-string=version={version}",
-            f"--add-metadata-string=debostree.lockfile-sha256={lock_digest}",
-            f"--add-metadata-string=debostree.source={source_revision(config.top)}",
-            f"--add-metadata-string=debostree.recipe={opts['recipe']}",
-            f"--timestamp=@{timestamp}"]
-    if previous:
-        argv.append(f"--parent={previous}")
-    else:
-        argv.append("--parent=none")
-    commit = ostree.retry_staging_race(
-        lambda: proc.run(argv, capture=True).stdout.strip())
+    from gi.repository import GLib
+    commit, _ = ostree.commit_tree_of(
+        config.repo, stage_commit, f"{opts['recipe']} {version}",
+        branch=branch, parent=previous, timestamp=timestamp, body=body,
+        metadata={"version": version,
+                  "debostree.lockfile-sha256": lock_digest,
+                  "debostree.source": source_revision(config.top),
+                  "debostree.recipe": opts["recipe"],
+                  history.PACKAGES_META: GLib.Variant(history.PACKAGES_TYPE,
+                                                      records)})
     write_if_changed(out_path, commit + "\n")
     print(f"{branch}: {commit} (version {version}; "
           f"{changes.summary() if previous else 'first commit'})")

@@ -313,10 +313,13 @@ def _commit_changes(Gio, GLib, OSTree, repo, base_commit, target, upper,
 
 
 def _metadata_variant(GLib, metadata):
-    """``a{sv}`` of ``{key: str or bytes}`` (bytes as ``ay``)."""
+    """``a{sv}`` of ``{key: str, bytes or GLib.Variant}`` (bytes as
+    ``ay``)."""
     values = {}
     for key, value in (metadata or {}).items():
-        if isinstance(value, bytes):
+        if isinstance(value, GLib.Variant):
+            values[key] = value
+        elif isinstance(value, bytes):
             values[key] = GLib.Variant.new_from_bytes(
                 GLib.VariantType.new("ay"), GLib.Bytes.new(value), True)
         else:
@@ -325,35 +328,36 @@ def _metadata_variant(GLib, metadata):
 
 
 def _write_commit(GLib, repo, parent, subject, metadata, root_file,
-                  timestamp):
+                  timestamp, body=None):
     """A commit object in the open transaction; ``timestamp`` None: now
     (or SOURCE_DATE_EPOCH, as libostree reads it)."""
     meta = _metadata_variant(GLib, metadata)
     if timestamp is None:
-        _, checksum = repo.write_commit(parent, subject, None, meta, root_file,
+        _, checksum = repo.write_commit(parent, subject, body, meta, root_file,
                                         None)
     else:
         _, checksum = repo.write_commit_with_time(
-            parent, subject, None, meta, root_file, int(timestamp), None)
+            parent, subject, body, meta, root_file, int(timestamp), None)
     return checksum
 
 
 def commit_tree_of(repo_path, source, subject, branch=None, parent=None,
-                   timestamp=None, metadata=None):
+                   timestamp=None, metadata=None, body=None):
     """A commit of the tree of commit ``source`` (nothing is read but its
-    root), with ``parent``, ``timestamp`` (None: now) and ``metadata``
-    (``{key: str or bytes}``), on ``branch`` if one is given.  Returns
-    ``(commit, changed)``: the parent itself when its tree is the same."""
+    root), with ``parent``, ``timestamp`` (None: now), ``metadata``
+    (``{key: str, bytes or GLib.Variant}``) and ``body``, on ``branch`` if
+    one is given.  Returns ``(commit, changed)``: the parent itself when
+    its tree is the same."""
     Gio, GLib, OSTree = _gi()
     repo = OSTree.Repo.new(Gio.File.new_for_path(repo_path))
     repo.open(None)
     return retry_staging_race(lambda: _commit_tree_of(
         GLib, OSTree, repo, source, subject, branch, parent, timestamp,
-        metadata))
+        metadata, body))
 
 
 def _commit_tree_of(GLib, OSTree, repo, source, subject, branch, parent,
-                    timestamp, metadata):
+                    timestamp, metadata, body):
     _, variant, _ = repo.load_commit(source)
     contents = _variant_hex(variant.get_child_value(6))
     dirmeta = _variant_hex(variant.get_child_value(7))
@@ -367,7 +371,7 @@ def _commit_tree_of(GLib, OSTree, repo, source, subject, branch, parent,
         mtree = OSTree.MutableTree.new_from_checksum(repo, contents, dirmeta)
         _, root_file = repo.write_mtree(mtree, None)
         checksum = _write_commit(GLib, repo, parent, subject, metadata,
-                                 root_file, timestamp)
+                                 root_file, timestamp, body)
         if branch:
             repo.transaction_set_ref(None, branch, checksum)
         repo.commit_transaction(None)

@@ -48,7 +48,8 @@ def admin(*args, check=True):
 
 def status_text(packages):
     return "".join(f"Package: {name}\nStatus: install ok installed\n"
-                   f"Architecture: amd64\nVersion: {version}\n\n"
+                   + ("Source: glibc (2.36-9)\n" if name == "libc6" else "")
+                   + f"Architecture: amd64\nVersion: {version}\n\n"
                    for name, version in sorted(packages.items()))
 
 
@@ -166,6 +167,27 @@ def test_history_versions_and_changelog(tmp_path):
     assert "- new-tool 2.0" in reverse and "+ old-tool 1.0" in reverse
     assert run_tool([os.path.join(TOP, "tools", "package-diff"), "--repo",
                      project.config.repo, BRANCH]).stdout == result.stdout
+    # Each commit names its packages (name, version, architecture, source
+    # package), so package-diff needs the commits alone, not their trees.
+    metadata = sh(["ostree", "show", f"--repo={project.config.repo}",
+                   "--print-metadata-key=debostree.packages", second]).stdout
+    assert "('libc6', '2.36-9', 'amd64', 'glibc')" in metadata, metadata
+    assert "('new-tool', '2.0', 'amd64', 'new-tool')" in metadata
+    commits_only = tmp_path / "commits-only"
+    sh(["ostree", "init", "--mode=archive", f"--repo={commits_only}"])
+    sh(["ostree", "pull-local", f"--repo={commits_only}",
+        "--commit-metadata-only", project.config.repo, first, second])
+    assert sh(["ostree", "ls", f"--repo={commits_only}", second, "/"],
+              check=False).returncode != 0  # no tree there
+    assert run_tool([os.path.join(TOP, "tools", "package-diff"), "--repo",
+                     str(commits_only), first, second]).stdout == result.stdout
+    # A commit without the list (a stage's; or one made before branches
+    # carried it): the packages come from the trees.
+    stage_second = sh(["ostree", "rev-parse", f"--repo={project.config.repo}",
+                       "stage/test"]).stdout.strip()
+    from_tree = run_tool([os.path.join(TOP, "tools", "package-diff"), "--repo",
+                          project.config.repo, first, stage_second]).stdout
+    assert from_tree.splitlines()[1:] == result.stdout.splitlines()[1:]
     bad = run_tool([os.path.join(TOP, "tools", "package-diff"), "--repo",
                     project.config.repo, "no/such/branch"])
     assert bad.returncode == 2 and "no commit 'no/such/branch" in bad.stderr
