@@ -95,6 +95,32 @@ def _finish(process, deb):
         raise UserError(f"dpkg-deb cannot read {deb}: {err.strip()}")
 
 
+def data_member(deb, path):
+    """The content of the file ``path`` (``./usr/...``) in ``deb``'s data,
+    or None when it has no such regular file; the data is read only as far
+    as that member."""
+    import tarfile
+    process = _tar_stream(deb, "--fsys-tarfile")
+    try:
+        with tarfile.open(fileobj=process.stdout, mode="r|") as tar:
+            for member in tar:
+                name = member.name if member.name.startswith("./") \
+                    else "./" + member.name
+                if name == path:
+                    # The rest of the data is not needed.
+                    content = tar.extractfile(member).read() \
+                        if member.isfile() else None
+                    process.kill()
+                    process.wait()
+                    return content
+    except tarfile.TarError as error:
+        process.kill()
+        process.wait()
+        raise UserError(f"{deb}: unreadable data ({error})")
+    _finish(process, deb)
+    return None
+
+
 def file_sha256(path):
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -11,6 +11,7 @@ both hashes.
 import os
 import sys
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from .errors import UserError
@@ -26,7 +27,9 @@ def package_url(mirror_map, archive_name, filename):
     except KeyError:
         raise UserError(f"no mirror for archive '{archive_name}'",
                         hint=f"pass --mirror {archive_name}=URL to ./configure")
-    return f"{base}/{filename}"
+    # The Filename is a path, not a URL: a '%' or ':' in it is quoted, as
+    # apt quotes it.
+    return f"{base}/{urllib.parse.quote(filename, safe='/+~')}"
 
 
 def fetch_one(pool, url, sha256, size, name):

@@ -193,6 +193,9 @@ class GraphBuilder:
             + " --config $config probe $stages",
             "CACHE $name", {"restat": "1"}))
         g.rules.append(Rule(
+            "spdx", run("tools", "spdx") + " --config $config --name $recipe"
+            " --out $out $lockfiles", "SPDX $name"))
+        g.rules.append(Rule(
             "stage_cache", run("tools", "stage-cache")
             + " --config $config $action", "CACHE $action",
             {"pool": "console"}))
@@ -251,6 +254,9 @@ class GraphBuilder:
                         g.builds.append(Build(
                             [f"{recipe.name}/{a}/{stage.name}"], "phony", [out]))
         g.builds.append(Build([recipe.name], "phony", recipe_targets))
+        if all(self.locks[(recipe.name, a)][1] is not None
+               for a in recipe.architectures):
+            self.spdx_edge(recipe)
         if publish_targets:
             g.builds.append(Build([f"{recipe.name}/publish"], "phony",
                                   publish_targets))
@@ -447,6 +453,26 @@ class GraphBuilder:
                        "name": stage_label(recipe, arch, stage), **variables}))
         self.stage_outputs[key] = self.p(stage_files.commit)
         return self.p(stage_files.commit)
+
+    def spdx_edge(self, recipe):
+        """``ninja NAME.spdx``: the recipe's SPDX document (spdx.py), from
+        its lockfiles and the copyright files of the packages they pin."""
+        out = self.p(os.path.join(self.config.builddir, "spdx",
+                                  f"{recipe.name}.spdx.json"))
+        lockfiles, debs = [], []
+        for arch in recipe.architectures:
+            path, entries = self.locks[(recipe.name, arch)]
+            lockfiles.append(f"{arch}={self.p(path)}")
+            debs += [self.fetch_edge(e) for e in entries
+                     if e.stage != STAND_INS_STAGE]
+        self.graph.builds.append(Build(
+            [out], "spdx", [self.p(self.locks[(recipe.name, a)][0])
+                            for a in recipe.architectures],
+            implicit=sorted(set(debs)) + [self.p(self.config.config_path)],
+            variables={"name": recipe.name,
+                       "recipe": Raw(shell_args([recipe.name])),
+                       "lockfiles": Raw(shell_args(lockfiles))}))
+        self.graph.builds.append(Build([f"{recipe.name}.spdx"], "phony", [out]))
 
     def key_edge(self, stage_files, options, parent_key):
         """The stage's input key (cachekey.py), written beside its options

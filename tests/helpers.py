@@ -21,6 +21,8 @@ def write_recipe(directory, name, stages, archive, arch="amd64", suites=None,
                           "keyring": archive.key.keyring}],
             "stages": stages}
     data.update(extra)
+    if "architectures" in extra:
+        del data["architecture"]
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, f"{name}.yaml")
     with open(path, "w") as f:
