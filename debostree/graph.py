@@ -196,6 +196,9 @@ class GraphBuilder:
             "spdx", run("tools", "spdx") + " --config $config --name $recipe"
             " --out $out $lockfiles", "SPDX $name"))
         g.rules.append(Rule(
+            "size", run("tools", "size") + " --repo $repo $image $branch",
+            "SIZE $branch", {"pool": "console"}))
+        g.rules.append(Rule(
             "stage_cache", run("tools", "stage-cache")
             + " --config $config $action", "CACHE $action",
             {"pool": "console"}))
@@ -212,6 +215,7 @@ class GraphBuilder:
         recipe_targets = []
         image_targets = []
         publish_targets = []
+        size_targets = []
         for arch in recipe.architectures:
             path, entries = self.locks[(recipe.name, arch)]
             if entries is None:
@@ -242,6 +246,7 @@ class GraphBuilder:
             if len(recipe.architectures) > 1:
                 g.builds.append(Build([f"{recipe.name}/{arch}"], "phony",
                                       [branch_out]))
+            size_targets.append(self.size_edge(recipe, arch, branch_out))
         if all(self.locks[(recipe.name, a)][1] is not None
                for a in recipe.architectures):
             for stage in recipe.stages:
@@ -254,6 +259,9 @@ class GraphBuilder:
                         g.builds.append(Build(
                             [f"{recipe.name}/{a}/{stage.name}"], "phony", [out]))
         g.builds.append(Build([recipe.name], "phony", recipe_targets))
+        if size_targets and len(recipe.architectures) > 1:
+            g.builds.append(Build([f"{recipe.name}/size"], "phony",
+                                  size_targets))
         if all(self.locks[(recipe.name, a)][1] is not None
                for a in recipe.architectures):
             self.spdx_edge(recipe)
@@ -453,6 +461,20 @@ class GraphBuilder:
                        "name": stage_label(recipe, arch, stage), **variables}))
         self.stage_outputs[key] = self.p(stage_files.commit)
         return self.p(stage_files.commit)
+
+    def size_edge(self, recipe, arch, branch_out):
+        """``ninja NAME/ARCH/size``: what the branch's tree and image weigh
+        (treesize.py); runs every time it is asked for."""
+        out = f"{recipe.name}/{arch}/size"
+        image = ""
+        if recipe.image is not None:
+            image = "--image " + shell_args([self.p(os.path.join(
+                self.config.builddir, "images", f"{recipe.name}.{arch}.img"))])
+        self.graph.builds.append(Build([out], "size", [branch_out], variables={
+            "repo": Raw(shell_args([self.p(self.config.repo)])),
+            "image": Raw(image),
+            "branch": Raw(shell_args([recipe.ref_for(arch)]))}))
+        return out
 
     def spdx_edge(self, recipe):
         """``ninja NAME.spdx``: the recipe's SPDX document (spdx.py), from

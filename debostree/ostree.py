@@ -130,6 +130,20 @@ def resolve_ref(gi_repo, ref):
     return gi_repo.resolve_rev(ref, True)[1]
 
 
+def parent_of(gi_repo, commit):
+    """The parent of ``commit`` when the repository has it, else None."""
+    from gi.repository import GLib, OSTree
+    _, variant, _ = gi_repo.load_commit(commit)
+    parent = OSTree.commit_get_parent(variant)
+    if parent is None:
+        return None
+    try:
+        gi_repo.load_commit(parent)
+    except GLib.Error:
+        return None  # history cut short (a shallow pull)
+    return parent
+
+
 def is_ancestor(gi_repo, ancestor, commit):
     """Whether ``ancestor`` is ``commit`` or in its history (as far as the
     repository has it)."""
@@ -409,36 +423,46 @@ def commit_metadata(gi_repo, commit):
     return found, OSTree.commit_get_timestamp(variant)
 
 
+def walk_tree(gi_repo, commit):
+    """Every entry of a commit's tree from its directory objects alone, in
+    depth-first order: ``(path, True, dirmeta checksum)`` for a directory
+    (the root is ``/``) and ``(path, False, content checksum)`` for a file
+    or symbolic link."""
+    from gi.repository import OSTree
+    _, variant, _ = gi_repo.load_commit(commit)
+    stack = [("", _variant_hex(variant.get_child_value(6)),
+              _variant_hex(variant.get_child_value(7)))]
+    while stack:
+        path, contents, meta = stack.pop()
+        yield path or "/", True, meta
+        _, tree = gi_repo.load_variant(OSTree.ObjectType.DIR_TREE, contents)
+        files, dirs = tree.get_child_value(0), tree.get_child_value(1)
+        for i in range(files.n_children()):
+            entry = files.get_child_value(i)
+            yield (f"{path}/{entry.get_child_value(0).get_string()}", False,
+                   _variant_hex(entry.get_child_value(1)))
+        for i in reversed(range(dirs.n_children())):
+            entry = dirs.get_child_value(i)
+            stack.append((f"{path}/{entry.get_child_value(0).get_string()}",
+                          _variant_hex(entry.get_child_value(1)),
+                          _variant_hex(entry.get_child_value(2))))
+
+
 def tree_outline(gi_repo, commit):
     """``{path: (is_dir, uid, gid, mode)}`` of a commit's tree from its
     directory objects alone (a file's owner and mode would need a read of
     each file: ``None`` there)."""
     from gi.repository import OSTree
-    _, variant, _ = gi_repo.load_commit(commit)
     outline = {}
-
-    def dirmeta(checksum):
+    for path, is_dir, checksum in walk_tree(gi_repo, commit):
+        if not is_dir:
+            outline[path] = (False, None, None, None)
+            continue
         _, meta = gi_repo.load_variant(OSTree.ObjectType.DIR_META, checksum)
         uid, gid, mode = (int.from_bytes(meta.get_child_value(i).get_uint32()
                                          .to_bytes(4, "little"), "big")
                           for i in range(3))
-        return uid, gid, mode
-
-    def visit(path, contents, meta):
-        outline[path or "/"] = (True, *dirmeta(meta))
-        _, tree = gi_repo.load_variant(OSTree.ObjectType.DIR_TREE, contents)
-        files, dirs = tree.get_child_value(0), tree.get_child_value(1)
-        for i in range(files.n_children()):
-            name = files.get_child_value(i).get_child_value(0).get_string()
-            outline[f"{path}/{name}"] = (False, None, None, None)
-        for i in range(dirs.n_children()):
-            entry = dirs.get_child_value(i)
-            visit(f"{path}/{entry.get_child_value(0).get_string()}",
-                  _variant_hex(entry.get_child_value(1)),
-                  _variant_hex(entry.get_child_value(2)))
-
-    visit("", _variant_hex(variant.get_child_value(6)),
-          _variant_hex(variant.get_child_value(7)))
+        outline[path] = (True, uid, gid, mode)
     return outline
 
 

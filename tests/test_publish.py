@@ -47,10 +47,16 @@ def admin(*args, check=True):
 
 
 def status_text(packages):
-    return "".join(f"Package: {name}\nStatus: install ok installed\n"
-                   + ("Source: glibc (2.36-9)\n" if name == "libc6" else "")
-                   + f"Architecture: amd64\nVersion: {version}\n\n"
-                   for name, version in sorted(packages.items()))
+    """A dpkg status file of ``{name: version or (version, KiB installed)}``."""
+    text = ""
+    for name, value in sorted(packages.items()):
+        version, kib = value if isinstance(value, tuple) else (value, None)
+        text += (f"Package: {name}\nStatus: install ok installed\n"
+                 + ("Source: glibc (2.36-9)\n" if name == "libc6" else "")
+                 + f"Architecture: amd64\nVersion: {version}\n"
+                 + (f"Installed-Size: {kib}\n" if kib is not None else "")
+                 + "\n")
+    return text
 
 
 def make_tree(root, packages, marker):
