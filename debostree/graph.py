@@ -196,6 +196,9 @@ class GraphBuilder:
             "spdx", run("tools", "spdx") + " --config $config --name $recipe"
             " --out $out $lockfiles", "SPDX $name"))
         g.rules.append(Rule(
+            "shell", run("tools", "shell") + " --config $config $target",
+            "SHELL $target", {"pool": "console"}))
+        g.rules.append(Rule(
             "size", run("tools", "size") + " --repo $repo $image $branch",
             "SIZE $branch", {"pool": "console"}))
         g.rules.append(Rule(
@@ -247,6 +250,12 @@ class GraphBuilder:
                 g.builds.append(Build([f"{recipe.name}/{arch}"], "phony",
                                       [branch_out]))
             size_targets.append(self.size_edge(recipe, arch, branch_out))
+            # tools/shell in the recipe's last stage, built first.
+            last = self.stage_outputs[(recipe.name, arch,
+                                       recipe.stages[-1].name)]
+            g.builds.append(Build([f"{recipe.name}/{arch}/shell"], "shell",
+                                  [last], variables={"target": Raw(shell_args(
+                                      [f"{recipe.name}/{arch}"]))}))
         if all(self.locks[(recipe.name, a)][1] is not None
                for a in recipe.architectures):
             for stage in recipe.stages:
@@ -259,6 +268,12 @@ class GraphBuilder:
                         g.builds.append(Build(
                             [f"{recipe.name}/{a}/{stage.name}"], "phony", [out]))
         g.builds.append(Build([recipe.name], "phony", recipe_targets))
+        if all(self.locks[(recipe.name, a)][1] is not None
+               for a in recipe.architectures):
+            arch = self.config.host_arch if self.config.host_arch in \
+                recipe.architectures else recipe.architectures[0]
+            g.builds.append(Build([f"{recipe.name}/shell"], "phony",
+                                  [f"{recipe.name}/{arch}/shell"]))
         if size_targets and len(recipe.architectures) > 1:
             g.builds.append(Build([f"{recipe.name}/size"], "phony",
                                   size_targets))

@@ -50,15 +50,24 @@ def die_with(pid, interval=0.5):
 
 
 def run(argv, *, log=None, capture=False, cwd=None, env=None, input=None,
-        check=True, tied=False):
+        check=True, tied=False, pass_fds=(), stdio=None):
     """Run ``argv``.
 
     ``log``: path of a file that receives stdout and stderr (appended).
     ``capture``: return stdout as text instead (stderr kept for errors).
     ``tied``: the command is killed when this process ends.
+    ``pass_fds``: file descriptors the command inherits besides its stdio.
+    ``stdio``: ``(stdin, stdout, stderr)`` descriptors the command gets (a
+    terminal, for an interactive command): nothing is captured.
     Returns the ``subprocess.CompletedProcess``.
     """
     argv = [os.fspath(a) for a in argv]
+    if stdio is not None:
+        result = subprocess.run(argv, cwd=cwd, env=env, stdin=stdio[0],
+                                stdout=stdio[1], stderr=stdio[2])
+        if check and result.returncode != 0:
+            raise _failed(argv, result.returncode, "")
+        return result
     if log is not None:
         with open(log, "ab") as logf:
             logf.write(("$ " + shlex.join(argv) + "\n").encode())
@@ -66,6 +75,7 @@ def run(argv, *, log=None, capture=False, cwd=None, env=None, input=None,
             result = subprocess.run(argv, cwd=cwd, env=env, stdout=logf,
                                     stderr=subprocess.STDOUT,
                                     preexec_fn=die_with_parent if tied else None,
+                                    pass_fds=pass_fds,
                                     input=input.encode() if isinstance(input, str) else input)
         if check and result.returncode != 0:
             with open(log, "rb") as logf:

@@ -122,5 +122,7 @@ class WorkFiles:
     policy_created = _("policy-rc.d-created")
     warnings = _("warnings")              # lines for the user's terminal
     result = _("result.json")             # {"commit", "changed"}
+    terminal = _("terminal.json")         # a shell's (tools/shell) stdio and
+                                          # whether it commits
     result_manifest = _("result.manifest")
     del _

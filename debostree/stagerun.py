@@ -73,6 +73,11 @@ class Stage:
         self.work = os.path.join(self.config.builddir, "work", name)
         self.files = WorkFiles(self.work)
         self.log = os.path.join(self.config.builddir, "logs", name + ".log")
+        # tools/shell: {"fds": [stdin, stdout, stderr], "commit": bool}, the
+        # terminal its command gets; the run's exit status (None: it
+        # committed, or is no shell).
+        self.terminal = None
+        self.shell_status = None
 
     def note(self, line):
         """A line in the stage's log."""
@@ -151,14 +156,21 @@ class Stage:
             inner = [sys.executable, "-m", "debostree.stagerun", "inner",
                      self.config.config_path, self.work]
             env = {**os.environ, "PYTHONPATH": self.config.top}
+            if self.terminal is not None:
+                with open(self.files.terminal, "w") as f:
+                    json.dump(self.terminal, f)
             proc.run(sandbox.unshare_argv(inner), log=self.log, env=env,
-                     tied=True)
+                     tied=True, pass_fds=self.terminal["fds"]
+                     if self.terminal else ())
             with open(self.files.result) as f:
                 result = json.load(f)
             if os.path.exists(self.files.warnings):
                 with open(self.files.warnings) as f:
                     sys.stderr.write(f.read())
             commit = result["commit"]
+            if commit is None:  # a shell that commits nothing
+                self.shell_status = result["status"]
+                return
             shutil.copyfile(self.files.result_manifest,
                             self.out.manifest + ".tmp")
             os.replace(self.out.manifest + ".tmp", self.out.manifest)
@@ -359,6 +371,10 @@ def inner(config_path, work_path):
     base_manifest = manifest.read(work.base_manifest)
     with open(work.base_commit) as f:
         base_commit = f.read().strip()
+    terminal = None
+    if os.path.exists(work.terminal):
+        with open(work.terminal) as f:
+            terminal = json.load(f)
     with timed("inodes"):
         lower_stats = manifest.lower_walk(lower, lower_walk_path(lower))
         inodes = manifest.lower_inodes(lower_stats)
@@ -380,6 +396,19 @@ def inner(config_path, work_path):
             first | hints)
         moved = manifest.moved_state(inodes, saved, loaded, stats,
                                      os.lstat(target).st_dev)
+        if terminal is not None:
+            # A shell runs once: what it did is not done again.
+            status = _read_status(work)
+            if status != 0 or not terminal["commit"]:
+                with open(work.result, "w") as f:
+                    json.dump({"commit": None, "status": status}, f)
+                return
+            if moved:
+                raise UserError(f"the owners, modes or xattrs of {len(moved)} "
+                                "paths could not be kept "
+                                f"({', '.join(moved[:5])}); nothing was "
+                                "committed", hint="run it again")
+            break
         if not moved:
             break
         print(f"{len(moved)} paths changed inode after the stage set their "
@@ -502,6 +531,12 @@ class timed:
 
 
 ATTEMPTS = 3
+
+
+def _read_status(work):
+    """The exit status of a shell's command (``run_command``)."""
+    with open(work.terminal + ".status") as f:
+        return int(f.read())
 
 
 def _read_hints(path):
@@ -706,10 +741,20 @@ def run_command(config, opts, kind, work, command, key, host_lib):
     argv = sandbox.bwrap_argv(target, command, chroot_env, binds=binds,
                               ro_binds=ro_binds)
     images_before = native.initramfs_images(target) if helpers else None
+    terminal = None
+    if os.path.exists(work.terminal):
+        with open(work.terminal) as f:
+            terminal = json.load(f)
     try:
         print("$ " + " ".join(command), flush=True)
         with timed("command"):
-            proc.run(argv)
+            if terminal is None:
+                proc.run(argv)
+            else:
+                status = proc.run(argv, stdio=terminal["fds"],
+                                  check=False).returncode
+                with open(work.terminal + ".status", "w") as f:
+                    f.write(f"{status}\n")
     finally:
         with treepath.Tree(target) as tree:
             for path in created:

@@ -273,7 +273,50 @@ def test_killed_build_completes_when_run_again(template, pool, tmp_path):
                             "/etc/passwd")
 
 
-def test_reproducible(template, pool, tmp_path):
+def check_shell(project, env=None, user=None):
+    """tools/shell in the built appliance: commands and their exit status,
+    an interactive shell on standard input, and --commit."""
+    shell = [sys.executable, os.path.join(TOP, "tools", "shell")]
+    before = ostree(project, "refs")
+    out = run(shell + ["appliance/tools", "--", "sh", "-c",
+                       "id -u; test -x /usr/bin/ip && echo has-ip; "
+                       "test -e /etc/exampleos-release || echo no-release; "
+                       "echo $GREETING"], project, env=env, user=user).stdout
+    assert out.split() == ["0", "has-ip", "no-release", "hello"], out
+    assert run(shell + ["appliance", "--", "sh", "-c", "exit 7"], project,
+               env=env, user=user, check=False).returncode == 7
+    # The last stage by default ('verify', after iproute2 was removed).
+    out = run(shell + ["appliance", "--", "sh", "-c",
+                       "test -e /usr/bin/ip || echo slim"], project, env=env,
+              user=user).stdout
+    assert out == "slim\n", out
+    argv = shell + ["appliance/amd64/perms"]
+    if user is not None:
+        argv = ["runuser", "-u", user, "--"] + argv
+    session = subprocess.run(argv, cwd=project, capture_output=True, text=True,
+                             env={**os.environ, **(env or {})},
+                             input="stat -c %a /usr/bin/ip; touch /etc/gone\n"
+                             "exit\n")
+    assert session.returncode == 0, session.stderr
+    assert "4755" in session.stdout.split(), session.stdout
+    assert ostree(project, "refs") == before  # nothing kept
+    # --commit: on a scratch ref, the stage's own ref untouched.
+    out = run(shell + ["--commit", "appliance/users", "--", "sh", "-c",
+                       "echo made > /etc/from-shell"], project, env=env,
+              user=user).stdout
+    assert "on scratch/appliance/amd64/users" in out and \
+        "run: \"sh -c 'echo made > /etc/from-shell'\"" in out, out
+    assert ostree(project, "cat", "scratch/appliance/amd64/users",
+                  "/etc/from-shell") == "made\n"
+    assert ostree(project, "ls", "stage/appliance/amd64/users",
+                  "/etc/from-shell", check=False) == ""
+    bad = run(shell + ["appliance/nosuch"], project, env=env, user=user,
+              check=False)
+    assert bad.returncode == 2 and "is neither an architecture" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_reproducible_and_a_shell_in_any_stage(template, pool, tmp_path):
     trees, commits = [], []
     for name in ("one", "two"):
         project = fresh(template, tmp_path, name)
@@ -287,6 +330,7 @@ def test_reproducible(template, pool, tmp_path):
         commits.append(ostree(project, "rev-parse", "test/appliance").strip())
     assert trees[0] == trees[1]
     assert commits[0] == commits[1]
+    check_shell(project, env={"SOURCE_DATE_EPOCH": "1700000000"})
 
 
 def test_unprivileged_build(template, pool, tmp_path):
@@ -320,3 +364,4 @@ def test_unprivileged_build(template, pool, tmp_path):
     assert "appliance/check" in stages_run(result.stdout)
     owner = os.stat(project / "build" / "repo" / "objects").st_uid
     assert owner == info.pw_uid
+    check_shell(project, env=env, user=user)
