@@ -199,6 +199,9 @@ class GraphBuilder:
             "shell", run("tools", "shell") + " --config $config $target",
             "SHELL $target", {"pool": "console"}))
         g.rules.append(Rule(
+            "boot", run("tools", "boot") + " --config $config --no-build "
+            "$target", "BOOT $target", {"pool": "console"}))
+        g.rules.append(Rule(
             "size", run("tools", "size") + " --repo $repo $image $branch",
             "SIZE $branch", {"pool": "console"}))
         g.rules.append(Rule(
@@ -244,8 +247,15 @@ class GraphBuilder:
                 g.builds.append(Build([f"{recipe.name}/{arch}/publish"],
                                       "phony", [published]))
             if recipe.image is not None:
-                image_targets.append(self.image_edge(recipe, arch, branch_out,
-                                                     published))
+                image = self.image_edge(recipe, arch, branch_out, published)
+                image_targets.append(image)
+                # tools/boot, once the image is up to date.
+                # NAME/ARCH.boot, as images are named: NAME/ARCH/boot is
+                # the target of a stage named boot.
+                g.builds.append(Build(
+                    [f"{recipe.name}/{arch}.boot"], "boot", [image],
+                    variables={"target": Raw(shell_args(
+                        [f"{recipe.name}/{arch}"]))}))
             if len(recipe.architectures) > 1:
                 g.builds.append(Build([f"{recipe.name}/{arch}"], "phony",
                                       [branch_out]))
@@ -274,6 +284,9 @@ class GraphBuilder:
                 recipe.architectures else recipe.architectures[0]
             g.builds.append(Build([f"{recipe.name}/shell"], "phony",
                                   [f"{recipe.name}/{arch}/shell"]))
+            if recipe.image is not None:
+                g.builds.append(Build([f"{recipe.name}.boot"], "phony",
+                                      [f"{recipe.name}/{arch}.boot"]))
         if size_targets and len(recipe.architectures) > 1:
             g.builds.append(Build([f"{recipe.name}/size"], "phony",
                                   size_targets))

@@ -29,8 +29,8 @@ VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]*$")
 # RECIPE/NAME besides its stages: no recipe or stage may take these names.
 RESERVED_TARGETS = {"fetch", "publish", "pull-published", "update-lockfiles",
                     "check-lockfiles", "fsck", "all", "build.ninja"}
-RESERVED_STAGE_NAMES = {"packages", "publish", "lockfile", "stand-ins"} | \
-    set(ARCHITECTURES)
+RESERVED_STAGE_NAMES = {"packages", "publish", "lockfile", "stand-ins",
+                        "shell", "size"} | set(ARCHITECTURES)
 
 
 @dataclass(frozen=True)

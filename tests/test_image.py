@@ -10,8 +10,11 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -183,6 +186,42 @@ def booted_commit(machine):
     match = re.search(r"^\* \S+ ([0-9a-f]{64})\.\d", text, re.M)
     assert match, text
     return match.group(1), text
+
+
+def test_tools_boot_boots_a_copy_with_ssh_forwarded(project, tmp_path):
+    """tools/boot (what 'ninja server/amd64.boot' runs): the image boots to
+    a login on the serial console, the guest's SSH answers on the host's
+    port, and the image is left as it was."""
+    work, env, _ = project
+    image = work / "build" / "images" / "server.amd64.img"
+    before = os.stat(image).st_mtime_ns
+    port = str(vmlib.machines.free_port())
+    accel = {} if vmlib.kvm_usable() else {"DEBOSTREE_ACCEL": "tcg"}
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(TOP, "tools", "boot"), "--ssh-port",
+         port, "server/amd64"], cwd=work, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={**os.environ, **env, **accel})
+    console = []
+    reader = threading.Thread(target=lambda: console.extend(
+        iter(lambda: process.stdout.read1(4096), b"")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + vmlib.timeout(180)
+        while b"login: " not in b"".join(console):
+            assert process.poll() is None and time.monotonic() < deadline, \
+                b"".join(console)[-3000:].decode(errors="replace")
+            time.sleep(1)
+        text = b"".join(console).decode(errors="replace")
+        assert f"ssh -p {port} USER@127.0.0.1" in text
+        with socket.create_connection(("127.0.0.1", int(port)),
+                                      timeout=60) as sock:
+            assert sock.recv(64).startswith(b"SSH-2.0-")
+    finally:
+        process.terminate()
+        process.wait(60)
+    assert os.stat(image).st_mtime_ns == before
+    assert not [p for p in os.listdir(image.parent) if p.startswith("boot-")]
 
 
 def test_image_boots_the_published_commit(project, tmp_path):

@@ -284,3 +284,13 @@ def test_configure_reports_one_line_and_status_2(tmp_path):
     assert "r.yaml:8: stages[0].bootstrap.variant: unknown variant 'tiny'" in lines[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "build.ninja").exists()
+
+
+def test_stages_may_not_take_the_names_of_recipe_targets(tmp_path):
+    # RECIPE/shell and RECIPE/size are the recipe's own targets.
+    for name in ("shell", "size", "packages"):
+        path = write(tmp_path, GOOD.replace("name: users", f"name: {name}"),
+                     "named.yaml")
+        with pytest.raises(UserError) as info:
+            recipe.load_recipe(path)
+        assert f"a stage may not be named '{name}'" in info.value.message

@@ -13,8 +13,10 @@ import subprocess
 import threading
 import time
 
-OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
-OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+from debostree import vm as machines
+
+OVMF_CODE = machines.MACHINES["amd64"]["code"]
+OVMF_VARS = machines.MACHINES["amd64"]["vars"]
 
 
 # Set when KVM turned out not to work here (a nested hypervisor may open
@@ -30,10 +32,7 @@ def kvm_usable():
 
 def missing():
     """What boot tests need and this host lacks, with the package."""
-    needs = {"qemu-system-x86_64": "qemu-system-x86", OVMF_CODE: "ovmf"}
-    return [f"{what} (apt-get install {package})" for what, package in needs.items()
-            if not (os.path.exists(what) if what.startswith("/") else
-                    shutil.which(what))]
+    return machines.missing("amd64")
 
 
 def timeout(seconds):
@@ -75,20 +74,14 @@ class VM:
         return self
 
     def _start(self):
-        accel = ["-enable-kvm"] if kvm_usable() else \
-            ["-accel", "tcg"]
-        argv = ["qemu-system-x86_64", "-machine", "q35", *accel,
-                "-m", self.memory, "-smp", "2",
-                "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
-                "-drive", f"if=pflash,format=raw,file={self.vars}",
-                "-drive", f"if=virtio,format=raw,file={self.disk}",
-                "-nic", "user,model=virtio-net-pci",
-                "-display", "none", "-monitor", "none", "-serial", "stdio",
+        argv = machines.qemu_argv(
+            "amd64", self.disk, self.vars, kvm=kvm_usable(),
+            memory=self.memory, name="debostree-test") + [
+                "-monitor", "none",
                 # A guest reboot ends QEMU and reboot() starts a new one: a
                 # warm reset of the firmware now and then hangs before GRUB
                 # (seen under nested KVM), a cold start does not.
-                "-no-reboot",
-                "-name", "debostree-test"]
+                "-no-reboot"]
         self.output = ""
         self.mark = 0
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE,
