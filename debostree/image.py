@@ -232,7 +232,11 @@ def _write_grub_cfg(sysroot, opts):
     entries = proc.run(["ostree", "admin", "instutil", "grub2-generate",
                         f"--sysroot={sysroot}"], capture=True, env=env).stdout
     header = ["set timeout=3", "set default=0"]
-    if opts.get("serial_console"):
+    # A PC's serial port (com0).  On arm64 GRUB has no such port ("serial
+    # port `com0' isn't found"): its menu is on the firmware's console,
+    # which the virt machine and SPCR-describing servers put on the serial
+    # port.
+    if opts.get("serial_console") and opts["arch"] == "amd64":
         header += ["serial --unit=0 --speed=115200",
                    "terminal_input serial console",
                    "terminal_output serial console"]

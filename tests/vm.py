@@ -41,11 +41,14 @@ def timeout(seconds):
 
 
 class VM:
-    def __init__(self, disk, workdir, memory="1536", log=None):
+    def __init__(self, disk, workdir, memory="1536", log=None, arch="amd64"):
         self.disk = str(disk)
-        self.vars = os.path.join(str(workdir), "OVMF_VARS.fd")
+        self.arch = arch
+        # KVM for the host's own architecture only (these hosts are x86-64).
+        self.kvm = kvm_usable() and arch == "amd64"
+        self.vars = os.path.join(str(workdir), f"{arch}_VARS.fd")
         if not os.path.exists(self.vars):
-            shutil.copyfile(OVMF_VARS, self.vars)
+            shutil.copyfile(machines.firmware_vars_template(arch), self.vars)
         self.memory = memory
         self.log_path = log or os.path.join(str(workdir), "console.log")
         self.output = ""
@@ -55,7 +58,7 @@ class VM:
 
     def start(self):
         self._start()
-        if kvm_usable():
+        if self.kvm:
             # Firmware output within seconds, or KVM does not work here.
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
@@ -68,6 +71,7 @@ class VM:
                 time.sleep(0.2)
             self.kill()
             _kvm_failed.append(True)
+            self.kvm = False
             with open(self.log_path, "a") as log:
                 log.write("\n[KVM failed; starting again with TCG]\n")
             self._start()
@@ -75,7 +79,7 @@ class VM:
 
     def _start(self):
         argv = machines.qemu_argv(
-            "amd64", self.disk, self.vars, kvm=kvm_usable(),
+            self.arch, self.disk, self.vars, kvm=self.kvm,
             memory=self.memory, name="debostree-test") + [
                 "-monitor", "none",
                 # A guest reboot ends QEMU and reboot() starts a new one: a
