@@ -570,17 +570,23 @@ def prune(config, keep_days, now, say=print):
 
 
 # -- the stages of the build ---------------------------------------------------
+def stage_index(config):
+    """Configure's index of every stage (graph.stage_index): ``[{label,
+    arch, kind, commit, options, parent}]``."""
+    index_path = os.path.join(config.builddir, "stagecache", "stages.json")
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        raise UserError("no stage index in the build directory",
+                        path=index_path, hint="run ./configure")
+
+
 def built_stages(config):
     """Every stage of the build directory (configure's index) that was
     built, with the keys its commit is cached under: ``[{label, arch,
     kind, commit, options, parent, stage_commit, run_keys, manifest}]``."""
-    index_path = os.path.join(config.builddir, "stagecache", "stages.json")
-    try:
-        with open(index_path, encoding="utf-8") as f:
-            index = json.load(f)
-    except (OSError, ValueError):
-        raise UserError("no stage index in the build directory",
-                        path=index_path, hint="run ./configure")
+    index = stage_index(config)
     from .stagefiles import StageFiles
     found = []
     for stage in index:
