@@ -17,7 +17,8 @@ import hashlib
 import json
 import time
 
-from . import history, ostree, proc, publish
+from . import bases, history, ostree, proc, publish
+from .changes import PackageChanges
 from .project import load_config
 from .files import write_if_changed
 from .stagerun import read_commit_file
@@ -62,7 +63,8 @@ def commit_branch(config_path, options_path, stage_path, out_path):
             write_if_changed(out_path, previous + "\n")
             return previous
     with open(opts["lockfile"], "rb") as f:
-        lock_digest = hashlib.sha256(f.read()).hexdigest()
+        lock_bytes = f.read()
+    lock_digest = hashlib.sha256(lock_bytes).hexdigest()
     timestamp = opts.get("commit_timestamp") or int(time.time())
     prev_version = None
     if previous:
@@ -77,13 +79,20 @@ def commit_branch(config_path, options_path, stage_path, out_path):
     changes = history.diff(history.commit_packages(gi_repo, previous)
                            if previous else {},
                            history.installed_packages(status or ""))
+    base = opts.get("base")
     if not previous:
         body = f"First commit: {len(changes.added)} packages"
+    elif base:
+        body = _layered_body(gi_repo, previous, base, changes)
     elif changes:
         body = "\n".join(history.lines(changes))
     else:
         body = "Packages: unchanged (files or settings changed)"
     from gi.repository import GLib
+    metadata = {}
+    if base:
+        metadata[bases.BASE_META] = " ".join(
+            (base["remote"], base["ref"], base["commit"], base["version"]))
     commit, _ = ostree.commit_tree_of(
         config.repo, stage_commit, f"{opts['recipe']} {version}",
         branch=branch, parent=previous, timestamp=timestamp, body=body,
@@ -91,12 +100,44 @@ def commit_branch(config_path, options_path, stage_path, out_path):
                   "debostree.lockfile-sha256": lock_digest,
                   "debostree.source": source_revision(config.top),
                   "debostree.recipe": opts["recipe"],
+                  # What it was built from, for recipes built on it.
+                  bases.LOCKFILE_META: lock_bytes.decode("utf-8"),
                   history.PACKAGES_META: GLib.Variant(history.PACKAGES_TYPE,
-                                                      records)})
+                                                      records), **metadata})
     write_if_changed(out_path, commit + "\n")
     print(f"{branch}: {commit} (version {version}; "
           f"{changes.summary() if previous else 'first commit'})")
     return commit
+
+
+def _layered_body(gi_repo, previous, base, changes):
+    """A derived branch's changelog: the base's move and its packages
+    apart from the layer's own."""
+    _, variant, _ = gi_repo.load_commit(previous)
+    before = variant.get_child_value(0).lookup_value(bases.BASE_META, None)
+    before = before.get_string().split() if before is not None else None
+    base_names = set()
+    for commit in (base["commit"], before[2] if before else None):
+        try:
+            records = history.metadata_records(gi_repo, commit) \
+                if commit else None
+        except Exception:  # a base commit no longer in this repository
+            records = None
+        base_names.update(history.records_map(records or []))
+    lines = []
+    if before is None or before[2] != base["commit"]:
+        lines.append(f"Base: {base['ref']} "
+                     f"{before[3] if before else '(none)'} -> "
+                     f"{base['version']} ({base['commit'][:12]})")
+    for label, mine in (("Base packages", True), ("Layer packages", False)):
+        part = PackageChanges(
+            [a for a in changes.added if (a[0] in base_names) == mine],
+            [r for r in changes.removed if (r[0] in base_names) == mine],
+            [c for c in changes.changed if (c[0] in base_names) == mine])
+        if part:
+            lines.append(f"{label}: {part.summary()}")
+            lines += part.lines()
+    return "\n".join(lines) or "Packages: unchanged (files or settings changed)"
 
 
 def parent_commit(config, repo, gi_repo, branch):

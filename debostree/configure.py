@@ -8,8 +8,8 @@ they were.
 import os
 import sys
 
-from . import (files, graph, lockfile, mirrors, ninja, publish, recipe,
-               stagecache, update)
+from . import (bases, files, graph, lockfile, mirrors, ninja, publish,
+               recipe, stagecache, update)
 from .errors import UserError, display_path
 from .project import TOP, BuildConfig
 
@@ -41,7 +41,7 @@ def load_locks(recipes, lockfile_dir):
             if entries is None:
                 continue
             inherited = []
-            parent = rec.parent
+            parent = None if rec.base else rec.parent
             seen = set()
             while parent and parent not in seen:
                 seen.add(parent)
@@ -50,11 +50,30 @@ def load_locks(recipes, lockfile_dir):
                 inherited += other_entries or []
                 parent = other.parent
             try:
+                check_pin(rec, arch, path)
                 update.check_consistency(rec, arch, entries, path, inherited)
             except UserError as error:
                 locks[(rec.name, arch)] = (path, None)
                 problems[(rec.name, arch)] = error.format()
     return locks, problems
+
+
+def check_pin(rec, arch, path):
+    """A derived recipe's lockfile pins a commit of the branch the recipe
+    names (and only a derived recipe's does)."""
+    pin = lockfile.read_pin(path)
+    if rec.base is None and pin is None:
+        return
+    if rec.base is None:
+        raise UserError(f"the lockfile pins a base ({pin.describe()}), the "
+                        "recipe has none", path=path, line=pin.line,
+                        hint="the recipe changed: run 'ninja update-lockfiles'")
+    wanted = (rec.base.remote, rec.base.ref_for(arch))
+    if pin is None or (pin.remote, pin.ref) != wanted:
+        raise UserError(f"the recipe's base is {wanted[0]}:{wanted[1]}, the "
+                        "lockfile pins " + (pin.describe() if pin else
+                                            "none"), path=path,
+                        hint="the recipe changed: run 'ninja update-lockfiles'")
 
 
 def source_date_epoch_problem(environ=os.environ):
@@ -90,6 +109,13 @@ def configure(args, argv):
         mirror_map = mirror_config.as_dict(archives.values())
     except UserError as error:
         raise UserError(error.message, hint=error.hint)
+    remotes = {}
+    derived = [rec for rec in recipes if rec.base is not None]
+    if derived:
+        settings = bases.read_settings()
+        for rec in derived:
+            remotes[rec.base.remote] = bases.settings_of(
+                settings, rec.base.remote, rec)
     pool = os.path.abspath(args.pool) if args.pool else os.path.join(builddir, "pool")
     config = BuildConfig(top=top, builddir=builddir, pool=pool,
                          recipes=recipes_dir, lockfiles=lockfile_dir,
@@ -99,7 +125,8 @@ def configure(args, argv):
                          stage_cache=stagecache.read_settings(
                              getattr(args, "cache", None),
                              getattr(args, "cache_push", None)),
-                         native_helpers=getattr(args, "native_helpers", True))
+                         native_helpers=getattr(args, "native_helpers", True),
+                         remotes=remotes)
     # ninja runs the regeneration in the directory of build.ninja, which is
     # where configure runs, so the arguments keep their meaning there.
     configure_args = list(argv)

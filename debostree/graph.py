@@ -12,10 +12,11 @@ import hashlib
 import json
 import os
 
-from . import (cachekey, fetch, files, kinds, ostree, publish, sandboxlib,
-               stagecache)
+from . import (bases, cachekey, fetch, files, kinds, lockfile, ostree, publish,
+               sandboxlib, stagecache)
 from .kinds.base import PackageFile, key_value
 from .lockfile import STAND_INS_STAGE
+from .recipe import is_base_parent
 from .stagefiles import StageFiles
 from .ninja import Build, Graph, Raw, Rule, escape_path, shell_args
 
@@ -175,6 +176,15 @@ class GraphBuilder:
         g.rules.append(Rule(
             "check_image_tools", run("tools", "make-image") + " --check-tools $out",
             "CHECK host tools for disk images"))
+        # One at a time: each sets up its remote in the build repository.
+        g.pools["pull_base"] = 1
+        g.rules.append(Rule(
+            "pull_base", run("tools", "pull-base") + " --config $config "
+            "--options $options --out $out", "PULL base $name",
+            {"pool": "pull_base", "restat": "1"}))
+        g.rules.append(Rule(
+            "check_boot_tools", run("tools", "boot") + " --check-tools $arch "
+            "$out", "CHECK host tools to boot $arch images"))
         g.rules.append(Rule(
             "check_arch", run("tools", "check-arch") + " $arch $out",
             "CHECK $arch programs run here"))
@@ -233,7 +243,9 @@ class GraphBuilder:
                         "run 'ninja update-lockfiles' and commit it")]))}))
                 recipe_targets.append(target)
                 continue
-            debs = [self.fetch_edge(entry) for entry in entries]
+            # A base's packages are in its tree already.
+            debs = [self.fetch_edge(entry) for entry in entries
+                    if entry.stage != bases.BASE_STAGE]
             suffix = f"/{arch}" if len(recipe.architectures) > 1 else ""
             phony = f"{recipe.name}{suffix}/packages"
             g.builds.append(Build([phony], "phony", debs))
@@ -252,8 +264,11 @@ class GraphBuilder:
                 # tools/boot, once the image is up to date.
                 # NAME/ARCH.boot, as images are named: NAME/ARCH/boot is
                 # the target of a stage named boot.
+                # QEMU and the firmware checked first, not once the image
+                # is built.
                 g.builds.append(Build(
                     [f"{recipe.name}/{arch}.boot"], "boot", [image],
+                    order_only=[self.boot_tools_check(arch)],
                     variables={"target": Raw(shell_args(
                         [f"{recipe.name}/{arch}"]))}))
             if len(recipe.architectures) > 1:
@@ -436,7 +451,11 @@ class GraphBuilder:
         if stage.parent:
             parent_recipe, parent_stage = stage.parent.split("/")
             other = self.by_name[parent_recipe]
-            parent_out = self.stage_edge(other, arch, other.stage(parent_stage))
+            if is_base_parent(recipe, stage.parent):
+                parent_out = self.base_edge(recipe, arch)
+            else:
+                parent_out = self.stage_edge(other, arch,
+                                             other.stage(parent_stage))
             inputs.append(parent_out)
             parent_arg = Raw("--parent " + shell_args([self.p(parent_out)]))
         if arch != self.config.host_arch and kind.uses_stand_ins and \
@@ -463,7 +482,8 @@ class GraphBuilder:
             implicit = [i for i in implicit if self.p(i) not in self.package_paths]
             parent_probe = StageFiles.of(
                 self.config.builddir, parent_recipe, arch,
-                parent_stage).dyndep if stage.parent else None
+                parent_stage).dyndep if stage.parent and \
+                not is_base_parent(recipe, stage.parent) else None
             dyndep = self.probe_edge(recipe, arch, stage_files, parent_probe,
                                      dynamic)
             order_only.append(dyndep)
@@ -490,6 +510,33 @@ class GraphBuilder:
         self.stage_outputs[key] = self.p(stage_files.commit)
         return self.p(stage_files.commit)
 
+    def base_edge(self, recipe, arch):
+        """The pinned commit of a derived recipe's base, pulled and checked
+        (bases.pull_pinned): files like a stage's, so that the first stage
+        starts from it as from a parent stage."""
+        key = (recipe.name, arch, bases.BASE_STAGE)
+        if key in self.stage_outputs:
+            return self.stage_outputs[key]
+        path, _ = self.locks[(recipe.name, arch)]
+        pin = lockfile.read_pin(path)
+        files_ = StageFiles.of(self.config.builddir, recipe.name, arch,
+                               bases.BASE_STAGE)
+        self.write_options(files_.options, bases.pull_options(
+            pin, ostree.stage_ref(recipe.name, arch, bases.BASE_STAGE),
+            self.absolute(files_.manifest)))
+        out = self.p(files_.commit)
+        self.graph.builds.append(Build(
+            [out], "pull_base", [self.p(files_.options)],
+            implicit=[self.p(self.config.config_path)],
+            implicit_outputs=[self.p(files_.manifest)],
+            variables={"options": Raw(shell_args([self.p(files_.options)])),
+                       "name": f"{recipe.name}/{arch}: {pin.describe()}"}))
+        # The stages' keys follow the base by its commit, which is its
+        # content.
+        self.stage_keys[key] = cachekey.digest_json({"base": pin.commit})
+        self.stage_outputs[key] = out
+        return out
+
     def size_edge(self, recipe, arch, branch_out):
         """``ninja NAME/ARCH/size``: what the branch's tree and image weigh
         (treesize.py); runs every time it is asked for."""
@@ -514,7 +561,9 @@ class GraphBuilder:
             path, entries = self.locks[(recipe.name, arch)]
             lockfiles.append(f"{arch}={self.p(path)}")
             debs += [self.fetch_edge(e) for e in entries
-                     if e.stage != STAND_INS_STAGE]
+                     if e.stage not in (STAND_INS_STAGE, bases.BASE_STAGE)]
+            if recipe.base:  # its packages' copyright files are in its tree
+                debs.append(self.base_edge(recipe, arch))
         self.graph.builds.append(Build(
             [out], "spdx", [self.p(self.locks[(recipe.name, a)][0])
                             for a in recipe.architectures],
@@ -606,6 +655,16 @@ class GraphBuilder:
             self.graph.builds.append(Build([out], "check_image_tools"))
         return out
 
+    def boot_tools_check(self, arch):
+        """QEMU and the UEFI firmware that boot ``arch`` images."""
+        out = self.p(os.path.join(self.config.builddir, "checks",
+                                  f"boot-tools.{arch}.ok"))
+        if out not in self.checked:
+            self.checked.add(out)
+            self.graph.builds.append(Build([out], "check_boot_tools",
+                                           variables={"arch": arch}))
+        return out
+
     def publish_edge(self, recipe, arch, branch_out):
         """The branch's commits copied into the published repository; the
         output is the branch's ref file there."""
@@ -683,10 +742,12 @@ class GraphBuilder:
         branch_files = StageFiles.branch(self.config.builddir, recipe.name, arch)
         path, _ = self.locks[(recipe.name, arch)]
         options_path = branch_files.options
+        pin = lockfile.read_pin(path) if recipe.base else None
         self.write_options(options_path, {
             "recipe": recipe.name, "arch": arch, "branch": recipe.ref_for(arch),
             "lockfile": os.path.abspath(path), "version": recipe.version,
-            "commit_timestamp": self.source_date_epoch})
+            "commit_timestamp": self.source_date_epoch,
+            "base": bases.pull_options(pin, None, None) if pin else None})
         out = self.p(branch_files.commit)
         self.graph.builds.append(Build(
             [out], "branch", [last], implicit=[self.p(options_path)],

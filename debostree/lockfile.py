@@ -10,6 +10,11 @@ archive's root, Size, SHA256, ...) and three of ours:
 ``Lock-Suite``    the suite it was found in (for the humans reading a diff);
 ``Lock-Stage``    the recipe stage that installs it.
 
+A recipe built on a published commit (``from: {remote, ref}``, bases.py)
+has one more stanza, first: the pinned base commit (``Lock-Base-Remote``,
+``-Ref``, ``-Commit``, ``-Version``, ``-Signed-By``; no ``Package``), and
+the base's installed packages, under the stage name ``from``.
+
 apt reads it as it is (unknown fields are ignored), so a directory holding
 it as ``Packages`` beside the fetched files is a ``file:`` apt source.  The
 same inputs always give the same bytes; a lockfile is rewritten only when its
@@ -89,8 +94,9 @@ def stanza_text(fields):
     return "\n".join(lines) + "\n"
 
 
-def render(packages):
-    """The lockfile text for resolved packages (``resolve.LockedPackage``)."""
+def render(packages, pin=None):
+    """The lockfile text for resolved packages (``resolve.LockedPackage``),
+    after the base's pin (``bases.Pin``) when there is one."""
     stanzas = []
     for pkg in packages:
         fields = [(f, pkg.stanza[f]) for f in ARCHIVE_FIELDS if f in pkg.stanza]
@@ -99,12 +105,14 @@ def render(packages):
         stanzas.append(((pkg.name, pkg.arch, pkg.version, pkg.stage),
                         stanza_text(fields)))
     stanzas.sort(key=lambda item: item[0])
-    return "\n".join(text for _, text in stanzas)
+    texts = [text for _, text in stanzas]
+    if pin is not None:
+        texts.insert(0, stanza_text(pin.fields()))
+    return "\n".join(texts)
 
 
-def parse(text, path="<lockfile>"):
-    """Parse lockfile text into a list of ``Entry``; validate every stanza."""
-    entries = []
+def _blocks(text):
+    """``(first line number, stanza text)`` of each stanza."""
     line_no = 0
     block = []
     block_start = None
@@ -112,12 +120,37 @@ def parse(text, path="<lockfile>"):
         line_no += 1
         if raw.strip() == "":
             if block:
-                entries.append(_entry("".join(block), path, block_start))
+                yield block_start, "".join(block)
                 block = []
             continue
         if block_start is None or not block:
             block_start = line_no
         block.append(raw)
+
+
+def _is_pin(block):
+    return block.startswith("Lock-Base-")
+
+
+def parse_pin(text, path="<lockfile>"):
+    """The base commit the lockfile pins (``bases.Pin``), or None."""
+    from .bases import pin_from_fields
+    for line, block in _blocks(text):
+        if _is_pin(block):
+            if line != 1:
+                raise UserError("the base stanza must come first", path=path,
+                                line=line, hint="regenerate it with "
+                                "'ninja update-lockfiles'")
+            from debian import deb822
+            return pin_from_fields(deb822.Deb822(block), path, line)
+    return None
+
+
+def parse(text, path="<lockfile>"):
+    """Parse lockfile text into a list of ``Entry`` (the packages; see
+    ``parse_pin`` for a base's stanza); validate every stanza."""
+    entries = [_entry(block, path, line) for line, block in _blocks(text)
+               if not _is_pin(block)]
     seen = {}
     for entry in entries:
         key = (entry.name, entry.arch, entry.stage)
@@ -170,7 +203,16 @@ def _entry(text, path, line):
 
 
 def read(path):
-    """Read and validate the lockfile at ``path``."""
+    """Read and validate the lockfile at ``path``: its packages."""
+    return parse(read_text(path), path)
+
+
+def read_pin(path):
+    """The base commit the lockfile at ``path`` pins, or None."""
+    return parse_pin(read_text(path), path)
+
+
+def read_text(path):
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -186,7 +228,7 @@ def read(path):
     if "\0" in text:
         raise UserError("a NUL character in the lockfile", path=path,
                         line=text.count("\n", 0, text.index("\0")) + 1)
-    return parse(text, path)
+    return text
 
 
 def compare(old_entries, new_entries):

@@ -46,6 +46,7 @@ class BuildConfig:
     publish: dict = field(default_factory=dict)  # publish.read_settings()
     native_helpers: bool = True  # native.py: host programs in foreign bootstraps
     stage_cache: dict = field(default_factory=dict)  # stagecache.read_settings()
+    remotes: dict = field(default_factory=dict)  # bases.read_settings(), those used
 
     @property
     def config_path(self):

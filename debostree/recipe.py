@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from . import kinds, yamlsrc
+from . import bases, kinds, yamlsrc
 from .debianlayout import ARCHITECTURES
 from .errors import UserError
 from .recipefields import (  # noqa: F401 (the model's names, used by others)
@@ -30,7 +30,7 @@ VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]*$")
 RESERVED_TARGETS = {"fetch", "publish", "pull-published", "update-lockfiles",
                     "check-lockfiles", "fsck", "all", "build.ninja"}
 RESERVED_STAGE_NAMES = {"packages", "publish", "lockfile", "stand-ins",
-                        "shell", "size"} | set(ARCHITECTURES)
+                        "shell", "size", "from"} | set(ARCHITECTURES)
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ class Recipe:
     source: yamlsrc.Source = None
     version: str = None  # the branch commits' version; None: automatic
     image: "ImageSpec" = None  # a disk image of the deployable tree
+    base: "bases.BaseSpec" = None  # a published branch the stages start from
 
     def stage(self, name):
         for stage in self.stages:
@@ -326,7 +327,12 @@ def load_recipe(path):
 
     recipe_dir = os.path.dirname(os.path.abspath(path))
     parent = None
-    if "from" in data:
+    base = None
+    if isinstance(data.get("from"), dict):
+        base = _base(src, data["from"], arches)
+        # The first stage starts from the base, a stage of no recipe.
+        parent = f"{name}/{bases.BASE_STAGE}"
+    elif "from" in data:
         parent = _parent_ref(src, ("from",), data["from"])
 
     archives = _archives(src, data, recipe_dir)
@@ -366,8 +372,31 @@ def load_recipe(path):
         raise src.error(("image",), "disk images are made for amd64 and arm64 "
                         "(GRUB for EFI)", hint="drop 'image' or the other "
                         "architectures")
+    if base is not None and stages[0].parent != parent:
+        raise src.error(("stages", 0, "from"), "the first stage of a recipe "
+                        "built on a published branch starts from it",
+                        hint="drop the stage's 'from'")
     return Recipe(name, os.path.abspath(path), ref, arches, archives,
-                  stages, recommends, environment, parent, src, version, image)
+                  stages, recommends, environment, parent, src, version, image,
+                  base)
+
+
+def _base(src, value, arches):
+    """``from: {remote: NAME, ref: BRANCH}``: a published branch."""
+    check_keys(src, ("from",), value, {"remote", "ref"},
+               required=("remote", "ref"))
+    remote = string(src, ("from", "remote"), value["remote"], NAME_RE,
+                    "a remote name (letters, digits, '.', '_', '+', '-')")
+    ref = string(src, ("from", "ref"), value["ref"], what="an OSTree branch")
+    if not REF_RE.fullmatch(ref.replace("{arch}", "arch")):
+        raise src.error(("from", "ref"), f"invalid OSTree ref '{shown(ref)}'",
+                        hint="use letters, digits, '.', '_', '-' separated by "
+                        "'/' ({arch} for each architecture)")
+    if len(arches) > 1 and "{arch}" not in ref:
+        raise src.error(("from", "ref"), "one branch for several "
+                        "architectures", hint="put {arch} in it, e.g. "
+                        "exampleos/trixie/{arch}/server")
+    return bases.BaseSpec(remote, ref)
 
 
 def load_recipes(directory):
@@ -402,7 +431,7 @@ def check_references(recipes):
     by_name = {r.name: r for r in recipes}
     for recipe in recipes:
         for index, stage in enumerate(recipe.stages):
-            if stage.parent is None:
+            if stage.parent is None or is_base_parent(recipe, stage.parent):
                 continue
             other_name, other_stage = stage.parent.split("/")
             keypath = ("stages", index, "from") if index or recipe.parent is None \
@@ -431,5 +460,14 @@ def check_references(recipes):
                                               "each other in a cycle: "
                                               + " -> ".join("/".join(s) for s in seen))
                 seen.add(current)
-                parent = by_name[current[0]].stage(current[1]).parent
-                current = tuple(parent.split("/")) if parent else None
+                owner = by_name[current[0]]
+                parent = owner.stage(current[1]).parent
+                current = tuple(parent.split("/")) if parent and \
+                    not is_base_parent(owner, parent) else None
+
+
+def is_base_parent(recipe, parent):
+    """Whether ``parent`` (a stage's "recipe/stage") is ``recipe``'s
+    published base rather than a stage of a recipe."""
+    return recipe.base is not None and \
+        parent == f"{recipe.name}/{bases.BASE_STAGE}"

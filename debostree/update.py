@@ -13,9 +13,10 @@ from email.utils import parsedate_to_datetime
 
 from debian import deb822
 
-from . import (archive, debianlayout, files, kinds, lockfile, native, proc,
-               resolve)
+from . import (archive, bases, debianlayout, files, kinds, lockfile, native,
+               proc, resolve)
 from .errors import UserError, display_path
+from .recipe import is_base_parent
 
 
 def effective_archives(recipe, by_name):
@@ -39,7 +40,7 @@ def stage_order(recipes):
         key = (recipe.name, stage.name)
         if key in done:
             return
-        if stage.parent:
+        if stage.parent and not is_base_parent(recipe, stage.parent):
             other_recipe, other_stage = stage.parent.split("/")
             parent_recipe = by_name[other_recipe]
             visit(parent_recipe, parent_recipe.stage(other_stage))
@@ -52,15 +53,37 @@ def stage_order(recipes):
     return order
 
 
-def resolve_all(recipes, mirrors, cache_dir, out=sys.stderr, releases=None):
+def resolve_all(recipes, mirrors, cache_dir, out=sys.stderr, releases=None,
+                remotes=None, pins=None):
     """Resolve every recipe; return ``{(recipe name, arch): lockfile text}``.
-    ``releases``, a dict, receives the Date of every Release file used."""
+    ``releases``, a dict, receives the Date of every Release file used;
+    ``pins``, a dict, the base commit (``bases.Pin``) of each derived
+    recipe and architecture, pinned from ``remotes`` (bases.read_settings)."""
     by_name = {r.name: r for r in recipes}
     archive_cache = archive.ArchiveCache(os.path.join(cache_dir, "archives"),
                                          mirrors)
     roots = {}
     states = {}
     locked = {}
+    pins = {} if pins is None else pins
+    base_states = {}
+    for recipe in recipes:
+        if recipe.base is None:
+            continue
+        if remotes is None:
+            remotes = bases.read_settings()
+        for arch in recipe.architectures:
+            pinned = bases.pin_base(recipe.base, arch, remotes, cache_dir,
+                                    recipe, out)
+            packages = bases.base_packages(pinned, pinned.pin.describe())
+            state = resolve.StageState(packages)
+            states[(recipe.name, bases.BASE_STAGE, arch)] = state
+            base_states[(recipe.name, arch)] = state.packages
+            pins[(recipe.name, arch)] = pinned.pin
+            locked[(recipe.name, arch)] = list(packages)
+            print(f"base of {recipe.name} ({arch}): {pinned.pin.describe()}, "
+                  f"{len(packages)} packages, signed by "
+                  f"{pinned.pin.signed_by[:40]}", file=out, flush=True)
     for recipe, stage in stage_order(recipes):
         for arch in recipe.architectures:
             key = (recipe.name, arch)
@@ -80,7 +103,7 @@ def resolve_all(recipes, mirrors, cache_dir, out=sys.stderr, releases=None):
                 roots[key] = resolve.AptRoot(
                     os.path.join(cache_dir, "apt", f"{recipe.name}.{arch}"),
                     arch, indices, recipe.recommends)
-                locked[key] = []
+                locked.setdefault(key, [])
             if stage.parent:
                 parent = tuple(stage.parent.split("/"))
                 state = states[parent + (arch,)]
@@ -90,6 +113,8 @@ def resolve_all(recipes, mirrors, cache_dir, out=sys.stderr, releases=None):
                        f"stage '{stage.name}' ({arch})")
             new_state, installed = kinds.resolve_stage(
                 roots[key], stage.for_arch(arch), state, context)
+            if key in base_states:
+                bases.check_unmoved(base_states[key], installed, context)
             states[(recipe.name, stage.name, arch)] = new_state
             locked[key].extend(installed)
     for (name, arch), packages in locked.items():
@@ -97,7 +122,8 @@ def resolve_all(recipes, mirrors, cache_dir, out=sys.stderr, releases=None):
                                        archive_cache, by_name, cache_dir, out))
     if releases is not None:
         releases.update(archive_cache.release_dates())
-    return {key: lockfile.render(packages) for key, packages in locked.items()}
+    return {key: lockfile.render(packages, pins.get(key))
+            for key, packages in locked.items()}
 
 
 def lock_stand_ins(recipe, arch, states, archive_cache, by_name, cache_dir, out):
@@ -182,7 +208,7 @@ def write_release_dates(lockfile_dir, recorded, fetched):
 
 
 def update_lockfiles(recipes, lockfile_dir, mirrors, cache_dir, check=False,
-                     out=sys.stdout, allow_downgrade=False):
+                     out=sys.stdout, allow_downgrade=False, remotes=None):
     """Rewrite changed lockfiles (or, with ``check``, only report them).
 
     Returns the number of lockfiles that changed (or would change).  The
@@ -191,7 +217,8 @@ def update_lockfiles(recipes, lockfile_dir, mirrors, cache_dir, check=False,
     changes nothing), and no Release older than those is accepted.
     """
     fetched = {}
-    texts = resolve_all(recipes, mirrors, cache_dir, releases=fetched)
+    texts = resolve_all(recipes, mirrors, cache_dir, releases=fetched,
+                        remotes=remotes)
     recorded = read_release_dates(lockfile_dir)
     check_release_dates(recorded, fetched, allow_downgrade)
     changed = 0
@@ -210,12 +237,37 @@ def update_lockfiles(recipes, lockfile_dir, mirrors, cache_dir, check=False,
             print(f"{display_path(path)}: up to date", file=out)
             continue
         changed += 1
-        changes = lockfile.compare(old_entries, lockfile.parse(text, path))
+        new_entries = lockfile.parse(text, path)
         verb = "is stale" if check else ("created" if old_text is None
                                          else "updated")
-        print(f"{display_path(path)}: {verb}: {changes.summary()}", file=out)
-        for line in changes.lines():
-            print(line, file=out)
+        pin = lockfile.parse_pin(text, path)
+        if pin is None:
+            changes = lockfile.compare(old_entries, new_entries)
+            print(f"{display_path(path)}: {verb}: {changes.summary()}", file=out)
+            for line in changes.lines():
+                print(line, file=out)
+        else:
+            # A derived recipe: what its base brings apart from what its
+            # own stages do.
+            old_pin = None
+            if old_text is not None:
+                try:
+                    old_pin = lockfile.parse_pin(old_text, path)
+                except UserError:
+                    pass
+            print(f"{display_path(path)}: {verb}", file=out)
+            if old_pin is None or old_pin.commit != pin.commit:
+                print(f"  base: {old_pin.describe() if old_pin else '(none)'}"
+                      f" -> {pin.describe()}", file=out)
+            for label, mine in (("base", True), ("layer", False)):
+                changes = lockfile.compare(
+                    [e for e in old_entries
+                     if (e.stage == bases.BASE_STAGE) == mine],
+                    [e for e in new_entries
+                     if (e.stage == bases.BASE_STAGE) == mine])
+                print(f"  {label} packages: {changes.summary()}", file=out)
+                for line in changes.lines():
+                    print("  " + line, file=out)
         if not check:
             files.write_if_changed(path, text)
     if not check and (changed or not recorded):
@@ -241,6 +293,8 @@ def check_consistency(recipe, arch, entries, path, inherited=()):
     archive_names = {a.name for a in effective_archives(recipe, None)} \
         if recipe.archives or not recipe.parent else None
     for entry in entries:
+        if entry.stage == bases.BASE_STAGE and recipe.base is not None:
+            continue  # the base's, from its own archives
         if archive_names is not None and entry.archive not in archive_names:
             raise UserError(f"package {entry.name} is locked from archive "
                             f"'{entry.archive}', which the recipe does not "

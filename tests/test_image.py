@@ -29,6 +29,9 @@ BRANCH = "exampleos/trixie/amd64/server"
 # SSH host key fingerprints of each first boot of a copy of the image.
 HOST_KEYS = []
 PASSWORD = "Ex4mple-OS-t3st"
+# The kernel's machine name and the serial console the recipe sets.
+UNAME = {"amd64": "x86_64", "arm64": "aarch64"}
+SERIAL = {"amd64": "ttyS0", "arm64": "ttyAMA0"}
 
 
 def run(argv, cwd, env=None):
@@ -120,32 +123,38 @@ def check_layout(disk, tmp_path, commit, efi_binary):
     assert "ostree=/ostree/boot." in grub_cfg and "console=tty0" in grub_cfg
 
 
+def seconds(machine_or_arch, kvm_seconds):
+    """A timeout for a step that takes ``kvm_seconds`` under KVM: an arm64
+    guest is always emulated here (TCG)."""
+    arch = getattr(machine_or_arch, "arch", machine_or_arch)
+    return vmlib.timeout(kvm_seconds) if arch == "amd64" else kvm_seconds * 8
+
+
 def boot(disk, workdir, arch="amd64"):
     machine = vmlib.VM(disk, workdir, arch=arch).start()
     # The login prompt, not systemd's "Reached target ... Multi-User
     # System": with show_status=auto systemd may stop printing status lines
     # once the serial getty runs (a CI run under TCG booted, started ssh,
     # showed the prompt and never printed that line).
-    machine.expect(r"login: ", vmlib.timeout(180) if arch == "amd64"
-                   else 180 * 8)  # emulated, always
+    machine.expect(r"login: ", seconds(arch, 180))
     return machine
 
 
 def login(machine, first=False):
     machine.send("admin\n")
-    machine.expect("Password: ", 60)
+    machine.expect("Password: ", seconds(machine, 60))
     machine.send("admin\n" if first else PASSWORD + "\n")
     if first:  # the recipe expires the demonstration password
-        machine.expect("Current password: ", vmlib.timeout(30))
+        machine.expect("Current password: ", seconds(machine, 30))
         machine.send("admin\n")
-        machine.expect("New password: ", 60)
+        machine.expect("New password: ", seconds(machine, 60))
         machine.send(PASSWORD + "\n")
-        machine.expect("Retype new password: ", 60)
+        machine.expect("Retype new password: ", seconds(machine, 60))
         machine.send(PASSWORD + "\n")
-    machine.expect(r"admin@exampleos\S*:~\$ ", vmlib.timeout(60))
+    machine.expect(r"admin@exampleos\S*:~\$ ", seconds(machine, 60))
     machine.send("stty -echo; bind 'set enable-bracketed-paste off'; "
                  "export PS1='$ ' SYSTEMD_COLORS=0 SYSTEMD_PAGER=cat\n")
-    assert machine.run("true", 60)[0] == 0
+    assert machine.run("true", seconds(machine, 60))[0] == 0
 
 
 def choose_second_boot_entry(machine):
@@ -153,12 +162,12 @@ def choose_second_boot_entry(machine):
     key for "down" (an arrow key's escape sequence can be taken apart by
     GRUB's serial console under emulation); the serial menu marks the
     selected entry with '*', which is checked before Enter."""
-    machine.expect(r"executed automatically", 60)
+    machine.expect(r"executed automatically", seconds(machine, 60))
     selected = r"\*Debian[^\r\n]*\(ostree:1\)"
     for attempt in range(2):
         machine.send("v")
         try:
-            machine.expect(selected, 30)
+            machine.expect(selected, seconds(machine, 30))
             break
         except AssertionError:
             if attempt:
@@ -166,23 +175,24 @@ def choose_second_boot_entry(machine):
     machine.send("\r")
 
 
-def sudo(machine, command, seconds=60):
+def sudo(machine, command, kvm_seconds=60):
     return machine.run(f"echo '{PASSWORD}' | sudo -S -p '' sh -c '{command}'",
-                       seconds)
+                       seconds(machine, kvm_seconds))
 
 
 def host_key(machine):
     """The fingerprint of the machine's SSH host key, made at its first
     boot (the image has none), with the SSH server running on it."""
-    code, out = machine.run("systemctl is-active ssh", 60)
+    code, out = machine.run("systemctl is-active ssh", seconds(machine, 60))
     assert code == 0 and out.strip() == "active", out
-    code, out = machine.run("ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub")
+    code, out = machine.run("ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub",
+                            seconds(machine, 60))
     assert code == 0, out
     return out.split()[1]
 
 
 def booted_commit(machine):
-    status, text = machine.run("ostree admin status")
+    status, text = machine.run("ostree admin status", seconds(machine, 60))
     assert status == 0, text
     match = re.search(r"^\* \S+ ([0-9a-f]{64})\.\d", text, re.M)
     assert match, text
@@ -256,19 +266,36 @@ def test_image_boots_the_published_commit(project, tmp_path):
 
 def reboot(machine):
     machine.send(f"echo '{PASSWORD}' | sudo -S -p '' systemctl reboot\n")
-    machine.reboot(vmlib.timeout(90))
+    machine.reboot(seconds(machine, 90))
 
 
-def test_upgrade_and_rollback(project, tmp_path):
+def next_hostname(name):
+    """exampleos, exampleos2, exampleos3, ..."""
+    match = re.fullmatch(r"(.*?)(\d*)", name)
+    return f"{match.group(1)}{int(match.group(2) or 1) + 1}"
+
+
+def upgrade_and_rollback(project, tmp_path, arch):
+    """A copy of the image boots its branch's commit and gets local state;
+    a second version of the recipe (another hostname) is published; the
+    machine upgrades to it with the static delta, keeps its /etc and /var
+    changes, boots the previous deployment from GRUB's menu and drops the
+    newer one."""
     work, env, server = project
-    first = branch_commit(work)
+    hostname_file = work / "recipes" / "files" / "server" / "hostname"
+    old_name = hostname_file.read_text().strip()
+    first = branch_commit(work, arch)
     disk = tmp_path / "disk.img"
     run(["cp", "--sparse=always", str(work / "build" / "images" /
-                                      "server.amd64.img"), str(disk)], tmp_path)
-    machine = boot(disk, tmp_path)
+                                      f"server.{arch}.img"), str(disk)], tmp_path)
+    machine = boot(disk, tmp_path, arch)
     try:
         login(machine, first=True)
         assert booted_commit(machine)[0] == first
+        code, out = machine.run("uname -m; cat /proc/cmdline",
+                                seconds(machine, 60))
+        assert code == 0 and out.split()[0] == UNAME[arch], out
+        assert f"console={SERIAL[arch]}," in out, out
         # Another copy of the image, another machine: its own host keys.
         key = host_key(machine)
         assert key not in HOST_KEYS
@@ -279,52 +306,60 @@ def test_upgrade_and_rollback(project, tmp_path):
                          "echo kept > /var/lib/debostree-test/data")
         assert code == 0, out
         machine.send(f"echo '{PASSWORD}' | sudo -S -p '' systemctl poweroff\n")
-        machine.wait_exit(vmlib.timeout(60))
+        machine.wait_exit(seconds(machine, 60))
     finally:
         machine.kill()
 
-    # A second version of the recipe, published.
-    (work / "recipes" / "files" / "server" / "hostname").write_text("exampleos2\n")
-    result = run(["ninja", "server", "publish"], work, env)
-    second = branch_commit(work)
+    # A second version of the recipe, published (this architecture's
+    # branch only).
+    new_name = next_hostname(old_name)
+    hostname_file.write_text(new_name + "\n")
+    result = run(["ninja", f"server/{arch}/publish"], work, env)
+    second = branch_commit(work, arch)
     assert second != first
     assert f"delta from {first[:12]}" in result.stdout
 
-    machine = boot(disk, tmp_path)
+    machine = boot(disk, tmp_path, arch)
     try:
         login(machine)
-        code, out = sudo(machine, "ostree admin upgrade", vmlib.timeout(300))
+        served_before = len(server.requests)
+        code, out = sudo(machine, "ostree admin upgrade", 300)
         assert code == 0, out
-        served = [r for r in server.requests if "/deltas/" in r]
+        served = [r for r in server.requests[served_before:] if "/deltas/" in r]
         assert served, server.requests[-20:]  # the static delta was used
         reboot(machine)
-        machine.expect(r"exampleos2 login: ", vmlib.timeout(180))
+        machine.expect(rf"{new_name} login: ", seconds(machine, 180))
         login(machine)
         booted, status = booted_commit(machine)
         assert booted == second, status
         assert first in status  # kept as the rollback deployment
         code, out = machine.run("cat /etc/debostree-test "
-                                "/var/lib/debostree-test/data /etc/hostname")
-        assert out.split() == ["local-change", "kept", "exampleos2"], out
+                                "/var/lib/debostree-test/data /etc/hostname",
+                                seconds(machine, 60))
+        assert out.split() == ["local-change", "kept", new_name], out
 
         # Roll back: the boot menu's second entry is the previous
         # deployment; booted there, drop the newer one so that the previous
         # one is the default again.
         reboot(machine)
-        machine.expect(r"GNU GRUB", vmlib.timeout(120))
+        machine.expect(r"GNU GRUB", seconds(machine, 120))
         choose_second_boot_entry(machine)
-        machine.expect(r"exampleos login: ", vmlib.timeout(180))
+        machine.expect(rf"{old_name} login: ", seconds(machine, 180))
         login(machine)
         assert booted_commit(machine)[0] == first
         code, out = sudo(machine, "ostree admin undeploy 0")
         assert code == 0, out
         reboot(machine)
-        machine.expect(r"exampleos login: ", vmlib.timeout(180))
+        machine.expect(rf"{old_name} login: ", seconds(machine, 180))
         login(machine)
         booted, status = booted_commit(machine)
         assert booted == first and second not in status, status
     finally:
         machine.kill()
+
+
+def test_upgrade_and_rollback(project, tmp_path):
+    upgrade_and_rollback(project, tmp_path, "amd64")
 
 
 @pytest.mark.qemu
@@ -368,17 +403,14 @@ def test_arm64_image_builds(project, tmp_path):
     assert {m for m in machines.values()} == {183}, \
         sorted(n for n, m in machines.items() if m != 183)[:20]
     assert not [n for n in machines if "libfakeroot" in n]
-    # And it boots: qemu-system-aarch64 (TCG, the virt machine, AAVMF) to a
-    # login on the serial console, into the branch's commit.
-    copy = tmp_path / "disk.img"
-    run(["cp", "--sparse=always", str(disk), str(copy)], tmp_path)
-    machine = boot(copy, tmp_path, arch="arm64")
-    try:
-        login(machine, first=True)
-        booted, status = booted_commit(machine)
-        assert booted == branch_commit(work, "arm64"), status
-        code, out = machine.run("uname -m; cat /proc/cmdline")
-        assert code == 0 and out.split()[0] == "aarch64", out
-        assert "console=ttyAMA0" in out, out
-    finally:
-        machine.kill()
+
+
+@pytest.mark.qemu
+def test_arm64_upgrade_and_rollback(project, tmp_path):
+    """The arm64 image boots under qemu-system-aarch64 (TCG, the virt
+    machine, AAVMF) to a login on the serial console, and upgrades and
+    rolls back as the amd64 one does."""
+    work, _, _ = project
+    if not (work / "build" / "images" / "server.arm64.img").exists():
+        run(["ninja", "server/arm64.img"], work, project[1])
+    upgrade_and_rollback(project, tmp_path, "arm64")

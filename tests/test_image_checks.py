@@ -1,9 +1,14 @@
 """Disk image input checks that need no build: the recipe's image key, a
 size too small for the tree, missing host tools."""
 
+import functools
 import os
+import subprocess
+import sys
 
 import pytest
+
+from conftest import TOP
 
 from debostree import image
 from debostree.errors import UserError
@@ -96,3 +101,34 @@ def test_devices_verify_ed25519_only_when_their_ostree_can(tmp_path, features,
                              f"--tree=dir={tmp_path / 'tree'}"], check=True,
                             capture_output=True, text=True).stdout.strip()
     assert image.ostree_verifies_ed25519(repo, commit) is verifies
+
+
+def test_booting_checks_qemu_and_firmware_before_the_image(tmp_path):
+    """'ninja NAME/ARCH.boot': QEMU and the firmware are checked by an edge
+    of their own, which the boot waits for and which needs no stage; a
+    missing one is one line naming its package, and no check file."""
+    run = functools.partial(subprocess.run, cwd=tmp_path, capture_output=True,
+                            text=True, stdin=subprocess.DEVNULL)
+    result = run([sys.executable, os.path.join(TOP, "configure.py"),
+                  "--recipes", os.path.join(TOP, "recipes"),
+                  "--lockfiles", os.path.join(TOP, "lockfiles")])
+    assert result.returncode == 0, result.stderr
+    query = run(["ninja", "-t", "query", "server/arm64.boot"]).stdout
+    assert "|| build/checks/boot-tools.arm64.ok" in query, query
+    query = run(["ninja", "-t", "query", "build/checks/boot-tools.arm64.ok"]
+                ).stdout
+    assert "input: check_boot_tools\n" in query, query
+    assert "outputs:" in query and query.split("input: check_boot_tools")[1] \
+        .split("outputs:")[0].strip() == "", query  # no inputs at all
+    (tmp_path / "bin").mkdir()
+    result = run([sys.executable, os.path.join(TOP, "tools", "boot"),
+                  "--check-tools", "arm64", "arm64.ok"],
+                 env={**os.environ, "PATH": str(tmp_path / "bin")})
+    assert result.returncode == 2, result
+    [line] = result.stderr.splitlines()
+    assert "missing host tools to boot arm64 images: qemu-system-aarch64 " \
+        "(apt-get install qemu-system-arm)" in line, line
+    assert not (tmp_path / "arm64.ok").exists()
+    result = run([sys.executable, os.path.join(TOP, "tools", "boot"),
+                  "--check-tools", "arm64", "arm64.ok"])
+    assert result.returncode == 0 and (tmp_path / "arm64.ok").exists(), result

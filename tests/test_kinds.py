@@ -243,6 +243,29 @@ def test_copy(tmp_path):
         kinds.get("copy").validate(src, ("copy",), data["copy"], context)
 
 
+def test_copy_source_per_architecture(tmp_path):
+    """'{arch}' in a source: each architecture's build copies its own file,
+    and every architecture's file must be there."""
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "console.amd64.cfg").write_text("serial\n")
+    context = kinds.RecipeContext(("amd64", "arm64"), str(recipes))
+    text = "copy: {src: 'console.{arch}.cfg', dest: /etc/console.cfg}\n"
+    data, src = yamlsrc.load("r.yaml", text=text)
+    with pytest.raises(UserError, match=r"r.yaml:1: copy\[0\]\.src: no such "
+                       r"file or directory: .*console\.arm64\.cfg \(for arm64\)"):
+        kinds.get("copy").validate(src, ("copy",), data["copy"], context)
+    (recipes / "console.arm64.cfg").write_text("firmware\n")
+    spec = kinds.get("copy").validate(src, ("copy",), data["copy"], context)
+    for arch in ("amd64", "arm64"):
+        options, inputs = options_of(
+            "copy", kinds.get("copy").for_arch(spec, arch), tmp_path,
+            recipe_path=str(recipes / "r.yaml"))
+        assert [item.src_abs for item in options.items] == inputs == \
+            [str(recipes / f"console.{arch}.cfg")]
+        assert options.items[0].key_value()["src"] == f"console.{arch}.cfg"
+
+
 def test_deployable(tmp_path):
     spec = validate("deployable", "{dracut-modules: [lvm]}")
     assert spec.dracut_modules == ("lvm",)

@@ -39,6 +39,28 @@ def test_parse_and_install_order():
         < order.index("app")
 
 
+def test_a_base_pin_comes_first_and_round_trips():
+    from debostree.bases import Pin
+    pin = Pin("upstream", "exampleos/trixie/amd64/minimal", "c" * 64,
+              "20261204.0", "gpg:" + "F" * 40)
+    text = stanza_text_of(pin) + "\n" + stanza("app")
+    assert lockfile.parse_pin(text) == pin
+    assert lockfile.parse_pin(text).line == 1
+    assert [e.name for e in lockfile.parse(text)] == ["app"]
+    assert lockfile.parse_pin(stanza("app")) is None
+    with pytest.raises(UserError, match=r"<lockfile>:12: the base stanza "
+                       "must come first"):
+        lockfile.parse_pin(stanza("app") + "\n" + stanza_text_of(pin))
+    with pytest.raises(UserError, match="invalid Lock-Base-Commit"):
+        lockfile.parse_pin(text.replace("c" * 64, "c" * 12))
+    with pytest.raises(UserError, match="lacks the 'Lock-Base-Signed-By'"):
+        lockfile.parse_pin(text.replace("Lock-Base-Signed-By", "Signed-By"))
+
+
+def stanza_text_of(pin):
+    return lockfile.stanza_text(pin.fields())
+
+
 @pytest.mark.parametrize("old,new,words", [
     ("SHA256: " + "a" * 64, "SHA256: xyz", "invalid SHA256"),
     ("Size: 100", "Size: big", "invalid Size"),

@@ -3,6 +3,7 @@ into the image, with owners and modes.  No command runs: the copy is done
 under fakeroot on the host side, every destination resolved inside the
 tree (treepath.py) and every source kept inside the recipe's directory."""
 
+import dataclasses
 import os
 import stat
 from dataclasses import dataclass
@@ -76,16 +77,23 @@ class Copy(Kind):
                 raise src.error(itempath + ("src",), f"'{source}' must be a path "
                                 "inside the recipe's directory",
                                 hint="write it relative to the recipe file")
-            full = os.path.join(context.dir, source)
-            if not os.path.lexists(full):
-                raise src.error(itempath + ("src",), f"no such file or directory: "
-                                f"{full}")
-            escape = source_escape(context.dir, full)
-            if escape:
-                raise src.error(itempath + ("src",), f"'{source}' leads out of the "
-                                f"recipe's directory (to {escape}) through a "
-                                "symbolic link", hint="copy the files into the "
-                                "recipe's directory")
+            # '{arch}' in a source: one file per architecture of the
+            # recipe (GRUB's settings for a PC's serial port, say); every
+            # one must be there.
+            for arch in (context.architectures if "{arch}" in source
+                         else (None,)):
+                full = os.path.join(context.dir, source.replace("{arch}", arch)
+                                    if arch else source)
+                if not os.path.lexists(full):
+                    raise src.error(itempath + ("src",), "no such file or "
+                                    f"directory: {full}" + (
+                                        f" (for {arch})" if arch else ""))
+                escape = source_escape(context.dir, full)
+                if escape:
+                    raise src.error(itempath + ("src",), f"'{source}' leads out "
+                                    f"of the recipe's directory (to {escape}) "
+                                    "through a symbolic link", hint="copy the "
+                                    "files into the recipe's directory")
             dest = string(src, itempath + ("dest",), item["dest"], what="a path",
                            max_len=MAX_PATH)
             if not dest.startswith("/") or ".." in dest.split("/") or "\n" in dest:
@@ -108,11 +116,16 @@ class Copy(Kind):
             items.append(CopyItem(source, dest, owner, group, mode))
         return CopySpec(tuple(items))
 
+    def for_arch(self, spec, arch):
+        return CopySpec(tuple(dataclasses.replace(
+            item, src=item.src.replace("{arch}", arch)) for item in spec.items))
+
     def options(self, graph, recipe, arch, stage, entries):
         root = os.path.dirname(os.path.abspath(recipe.path))
         items, inputs = [], []
         for item in stage.options.items:
-            src = os.path.join(os.path.dirname(recipe.path), item.src)
+            src = os.path.join(os.path.dirname(recipe.path),
+                               item.src.replace("{arch}", arch))
             items.append(CopyItemOptions(src, root, item.dest, item.owner,
                                          item.group, item.mode))
             inputs += source_files(src)
