@@ -40,6 +40,7 @@ not find ``/var/lib/dpkg`` or ``/etc`` where Debian's tools look.
 import errno
 import os
 import shutil
+import stat
 
 from . import files, treepath
 from .stagefiles import RUN_INSIDE
@@ -245,9 +246,10 @@ def remove_machine_secrets(target):
               "first boot", flush=True)
 
 
-def rearrange(target):
+def rearrange(target, sysext_level=None):
     """The host-side part, run under the stage's fakeroot: see the module's
-    docstring.  ``target`` is the tree's root directory."""
+    docstring.  ``target`` is the tree's root directory; ``sysext_level``
+    goes to os-release as SYSEXT_LEVEL."""
     if os.path.lexists(_at(target, "/usr/etc")):
         raise UserError("deployable: the tree already has /usr/etc",
                         hint="a tree is made deployable once, by the last stage")
@@ -287,6 +289,8 @@ def rearrange(target):
         with open(machine_id, "w") as f:
             f.write("uninitialized\n")
         os.chmod(machine_id, 0o444)
+    if sysext_level:
+        set_sysext_level(target, sysext_level)
     _move(_at(target, "/etc"), _at(target, "/usr/etc"))
     boot = _at(target, "/boot")
     if os.path.isdir(boot):
@@ -299,6 +303,29 @@ def rearrange(target):
     if os.path.lexists(_at(target, "/ostree")):
         files.remove_tree(_at(target, "/ostree"))
     os.symlink("sysroot/ostree", _at(target, "/ostree"))
+
+
+def set_sysext_level(target, level):
+    """``SYSEXT_LEVEL=`` in the tree's os-release (/usr/lib/os-release, or
+    /etc/os-release when that is a file of its own): a system extension
+    whose extension-release names another level is refused by
+    systemd-sysext."""
+    path = _at(target, "/usr/lib/os-release")
+    if not os.path.isfile(path) or os.path.islink(path):
+        path = _at(target, "/etc/os-release")
+        if not os.path.isfile(path) or os.path.islink(path):
+            raise UserError("deployable: the tree has no os-release",
+                            hint="install base-files in an earlier stage")
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f.read().splitlines()
+                 if not line.startswith("SYSEXT_LEVEL=")]
+    # A new file renamed over it: the old one may share its inode with
+    # the repository's object.
+    mode = os.stat(path).st_mode
+    with open(path + ".new", "w", encoding="utf-8") as f:
+        f.write("\n".join(lines + [f"SYSEXT_LEVEL={level}"]) + "\n")
+    os.chmod(path + ".new", stat.S_IMODE(mode))
+    os.replace(path + ".new", path)
 
 
 def _override_tmpfiles_for_links(target):

@@ -13,7 +13,7 @@ import json
 import os
 
 from . import (bases, cachekey, fetch, files, kinds, lockfile, ostree, publish,
-               sandboxlib, stagecache)
+               sandboxlib, stagecache, sysext)
 from .kinds.base import PackageFile, key_value
 from .lockfile import STAND_INS_STAGE
 from .recipe import is_base_parent
@@ -164,6 +164,10 @@ class GraphBuilder:
             "publish", run("tools", "publish") + " --config $config --out $out $in",
             "PUBLISH $branch", {"pool": "publish"}))
         g.rules.append(Rule(
+            "publish_sysext", run("tools", "publish") + " --config $config "
+            "--sysext $sysext --out $out", "PUBLISH sysext $name",
+            {"pool": "publish"}))
+        g.rules.append(Rule(
             "publish_summary", run("tools", "publish")
             + " --config $config --summary --out $out",
             "PUBLISH summary", {"pool": "publish"}))
@@ -176,6 +180,9 @@ class GraphBuilder:
         g.rules.append(Rule(
             "check_image_tools", run("tools", "make-image") + " --check-tools $out",
             "CHECK host tools for disk images"))
+        g.rules.append(Rule(
+            "sysext", run("tools", "make-sysext") + " --config $config "
+            "--options $options --out $out", "SYSEXT $name"))
         # One at a time: each sets up its remote in the build repository.
         g.pools["pull_base"] = 1
         g.rules.append(Rule(
@@ -232,6 +239,7 @@ class GraphBuilder:
         image_targets = []
         publish_targets = []
         size_targets = []
+        sysext_targets = {}
         for arch in recipe.architectures:
             path, entries = self.locks[(recipe.name, arch)]
             if entries is None:
@@ -252,6 +260,18 @@ class GraphBuilder:
             all_fetch += debs
             branch_out = self.branch_edge(recipe, arch)
             recipe_targets.append(branch_out)
+            for ext in recipe.sysexts:
+                image = self.sysext_edge(recipe, arch, ext)
+                sysext_targets.setdefault(ext.name, []).append(image)
+                # Published beside the commits by 'ninja publish'.
+                stamp = image[:-len(".raw")] + ".published"
+                self.graph.builds.append(Build(
+                    [stamp], "publish_sysext", [image],
+                    implicit=[self.p(self.config.config_path)],
+                    variables={"sysext": Raw(shell_args(
+                        [recipe.name, arch, image])),
+                        "name": f"{recipe.name}/{arch}/{ext.name}"}))
+                branch_outs.append(stamp)
             published = self.publish_edge(recipe, arch, branch_out)
             branch_outs.append(published)
             publish_targets.append(published)
@@ -311,6 +331,17 @@ class GraphBuilder:
         if publish_targets:
             g.builds.append(Build([f"{recipe.name}/publish"], "phony",
                                   publish_targets))
+        for name, outs in sorted(sysext_targets.items()):
+            g.builds.append(Build([f"{recipe.name}/sysext/{name}"], "phony",
+                                  outs))
+            if len(recipe.architectures) > 1:
+                for arch, out in zip(recipe.architectures, outs):
+                    g.builds.append(Build(
+                        [f"{recipe.name}/{arch}/sysext/{name}"], "phony", [out]))
+        if sysext_targets:
+            g.builds.append(Build([f"{recipe.name}/sysexts"], "phony",
+                                  [o for outs in sysext_targets.values()
+                                   for o in outs]))
         if image_targets:
             # The tools check first: missing tools stop the build before
             # any stage of the image runs.
@@ -535,6 +566,36 @@ class GraphBuilder:
         # content.
         self.stage_keys[key] = cachekey.digest_json({"base": pin.commit})
         self.stage_outputs[key] = out
+        return out
+
+    def sysext_edge(self, recipe, arch, ext):
+        """A system extension's stages, on the recipe's last stage before
+        'deployable', and its image (sysext.py)."""
+        for stage in ext.stages:
+            self.stage_edge(recipe, arch, stage)
+        out = self.p(sysext.image_path(self.config.builddir, recipe.name, arch,
+                                       ext.name))
+        options_path = out[:-len(".raw")] + ".options.json"
+        last = ext.stages[-1].name
+        outputs = {name: self.stage_outputs[(recipe.name, arch, name)]
+                   for name in (recipe.stages[-2].name, last,
+                                recipe.stages[-1].name)}
+        self.write_options(options_path, {
+            "recipe": recipe.name, "recipe_path": recipe.path, "arch": arch,
+            "name": ext.name, "line": ext.line,
+            "base": self.absolute(outputs[recipe.stages[-2].name]),
+            "extension": self.absolute(outputs[last]),
+            "manifest": self.absolute(StageFiles.of(
+                self.config.builddir, recipe.name, arch, last).manifest),
+            "os_release_from": self.absolute(outputs[recipe.stages[-1].name]),
+            "source_date_epoch": self.source_date_epoch
+            or DEFAULT_SOURCE_DATE_EPOCH})
+        self.graph.builds.append(Build(
+            [out], "sysext", list(outputs.values()),
+            implicit=[self.p(options_path)],
+            implicit_outputs=[out + ".sha256"],
+            variables={"options": Raw(shell_args([self.p(options_path)])),
+                       "name": f"{recipe.name}/{arch}/{ext.name}"}))
         return out
 
     def size_edge(self, recipe, arch, branch_out):

@@ -140,6 +140,52 @@ def publish_branches(config, branches, settings):
         os.utime(ref_path(config, branch))
 
 
+SYSEXT_SUMS = "SHA256SUMS"
+
+
+def publish_sysext(config, settings, recipe, arch, image):
+    """Publish a system extension image beside the commits:
+    ``BUILDDIR/publish/sysexts/RECIPE/ARCH/NAME_LEVEL.raw`` (named by the
+    SYSEXT_LEVEL of the base it is for: a device takes the one of its own
+    os-release), listed in that directory's SHA256SUMS, which is signed
+    (SHA256SUMS.gpg or SHA256SUMS.ed25519) when a key is configured."""
+    import hashlib
+    import shutil
+    from . import files, sysext
+    name = os.path.basename(image)[:-len(".raw")]
+    release = proc.run(["unsquashfs", "-cat", image,
+                        f"{sysext.RELEASE_DIR.lstrip('/')}/extension-release."
+                        f"{name}"], capture=True).stdout
+    level = dict(line.partition("=")[::2] for line in release.splitlines()
+                 ).get("SYSEXT_LEVEL", "any")
+    directory = os.path.join(repo_path(config), "sysexts", recipe, arch)
+    os.makedirs(directory, exist_ok=True)
+    published = f"{name}_{level}.raw"
+    shutil.copyfile(image, os.path.join(directory, published + ".tmp"))
+    os.replace(os.path.join(directory, published + ".tmp"),
+               os.path.join(directory, published))
+    sums_path = os.path.join(directory, SYSEXT_SUMS)
+    sums = {}
+    if os.path.exists(sums_path):
+        with open(sums_path, encoding="utf-8") as f:
+            for line in f:
+                digest, _, entry = line.rstrip("\n").partition("  ")
+                if entry and os.path.exists(os.path.join(directory, entry)):
+                    sums[entry] = digest
+    with open(image, "rb") as f:
+        sums[published] = hashlib.file_digest(f, "sha256").hexdigest() \
+            if hasattr(hashlib, "file_digest") else \
+            hashlib.sha256(f.read()).hexdigest()
+    files.write_atomically(sums_path, "".join(
+        f"{digest}  {entry}\n" for entry, digest in sorted(sums.items())))
+    signer = signing.signer_for(settings)
+    signature = signer.sign_file(sums_path)
+    print(f"publish: sysext {recipe}/{arch}/{published}, "
+          f"{len(sums)} in {SYSEXT_SUMS}, " + signer.describe()
+          + (f" ({os.path.basename(signature)})" if signature else ""))
+    return os.path.join(directory, published)
+
+
 def update_summary(config, settings):
     """The summary (refs, deltas) of the published repository, signed."""
     signer = signing.signer_for(settings)

@@ -74,12 +74,18 @@ class Recipe:
     version: str = None  # the branch commits' version; None: automatic
     image: "ImageSpec" = None  # a disk image of the deployable tree
     base: "bases.BaseSpec" = None  # a published branch the stages start from
+    sysexts: list = field(default_factory=list)  # Sysext
 
     def stage(self, name):
-        for stage in self.stages:
+        """The stage called ``name``: the recipe's, or a system
+        extension's (``sysext.EXT...``)."""
+        for stage in self.stages + self.sysext_stages():
             if stage.name == name:
                 return stage
         return None
+
+    def sysext_stages(self):
+        return [stage for ext in self.sysexts for stage in ext.stages]
 
     def ref_for(self, arch):
         """The branch of the final commit for ``arch``."""
@@ -87,6 +93,16 @@ class Recipe:
             return self.ref.replace("{arch}", arch)
         return self.ref.replace("{arch}", arch) if "{arch}" in self.ref \
             else f"{self.ref}/{arch}"
+
+
+@dataclass
+class Sysext:
+    """A system extension: stages on the recipe's tree (its last stage
+    before 'deployable'), whose additions under /usr and /opt become a
+    systemd-sysext image (sysext.py)."""
+    name: str
+    stages: list  # Stage, named sysext.NAME (packages), sysext.NAME.STAGE
+    line: int = None
 
 
 def recipe_name(path):
@@ -165,7 +181,7 @@ def _kernel_arguments(src, keypath, value):
 
 RECIPE_KEYS = {"ref", "architecture", "architectures", "archives", "stages",
                "recommends", "environment", "from", "description", "version",
-               "image"}
+               "image", "sysexts"}
 IMAGE_KEYS = {"size", "kernel-arguments", "boot-size", "esp-size"}
 IMAGE_DEFAULTS = {"boot-size": "512M", "esp-size": "64M"}
 KARG_RE = re.compile(r"^[^\s\"']+$")
@@ -243,17 +259,21 @@ def _archives(src, data, recipe_dir):
     return tuple(archives)
 
 
-def _stages(src, data, name, arches, recipe_dir, parent):
-    """The recipe's stages: names, kinds (validated by each kind), the
-    stage each starts from."""
-    raw_stages = data["stages"]
+def _stages(src, data, name, arches, recipe_dir, parent, root=("stages",),
+            prefix=""):
+    """The recipe's stages (or a system extension's, at ``root``, named
+    with ``prefix``): names, kinds (validated by each kind), the stage each
+    starts from."""
+    raw_stages = data
+    for key in root:
+        raw_stages = raw_stages[key]
     if not isinstance(raw_stages, list) or not raw_stages:
-        raise src.error(("stages",), "expected a non-empty list of stages")
+        raise src.error(root, "expected a non-empty list of stages")
     context = kinds.RecipeContext(arches, recipe_dir)
     stages = []
     names = set()
     for i, raw in enumerate(raw_stages):
-        keypath = ("stages", i)
+        keypath = root + (i,)
         if not isinstance(raw, dict):
             raise src.error(keypath, f"expected a mapping with 'name' and one "
                             f"stage kind, got {describe(raw)}")
@@ -268,7 +288,12 @@ def _stages(src, data, name, arches, recipe_dir, parent):
                             f"'{sname}': the recipe's targets use that name "
                             f"(RECIPE/{sname})", hint="reserved: " + ", ".join(
                                 sorted(RESERVED_STAGE_NAMES)))
+        if not prefix and sname.startswith(SYSEXT_PREFIX):
+            raise src.error(keypath + ("name",), f"a stage name may not start "
+                            f"with '{SYSEXT_PREFIX}': system extensions' "
+                            "stages are named so")
         names.add(sname)
+        sname = prefix + sname
         found = [k for k in raw if k in kinds.REGISTRY]
         if len(found) != 1:
             raise src.error(keypath, f"stage '{sname}' must have exactly one "
@@ -277,6 +302,10 @@ def _stages(src, data, name, arches, recipe_dir, parent):
         kind = found[0]
         options = kinds.get(kind).validate(src, keypath + (kind,), raw[kind],
                                            context)
+        if prefix and (kind in ("bootstrap", "deployable") or "from" in raw):
+            raise src.error(keypath, "a system extension's stage adds to "
+                            "the recipe's tree: no 'bootstrap', 'deployable' "
+                            "or 'from' there")
         stage_parent = None
         if "from" in raw:
             stage_parent = _parent_ref(src, keypath + ("from",), raw["from"])
@@ -372,13 +401,64 @@ def load_recipe(path):
         raise src.error(("image",), "disk images are made for amd64 and arm64 "
                         "(GRUB for EFI)", hint="drop 'image' or the other "
                         "architectures")
+    sysexts = _sysexts(src, data, name, arches, recipe_dir, stages) \
+        if "sysexts" in data else []
     if base is not None and stages[0].parent != parent:
         raise src.error(("stages", 0, "from"), "the first stage of a recipe "
                         "built on a published branch starts from it",
                         hint="drop the stage's 'from'")
     return Recipe(name, os.path.abspath(path), ref, arches, archives,
                   stages, recommends, environment, parent, src, version, image,
-                  base)
+                  base, sysexts)
+
+
+SYSEXT_PREFIX = "sysext."
+SYSEXT_KEYS = {"name", "packages", "stages"}
+
+
+def _sysexts(src, data, name, arches, recipe_dir, stages):
+    """``sysexts``: each a name with ``packages`` and/or ``stages``, built
+    on the last stage before the recipe's 'deployable' one."""
+    value = data["sysexts"]
+    if not isinstance(value, list) or not value:
+        raise src.error(("sysexts",), "expected a list of system extensions "
+                        "({name, packages, stages})")
+    if stages[-1].kind != "deployable" or len(stages) < 2:
+        raise src.error(("sysexts",), "system extensions need a deployable "
+                        "recipe", hint="systemd-sysext merges them on a booted "
+                        "system: end the stages with a 'deployable' stage")
+    base = stages[-2]
+    found, names = [], set()
+    for i, raw in enumerate(value):
+        keypath = ("sysexts", i)
+        if not isinstance(raw, dict):
+            raise src.error(keypath, f"expected a mapping with 'name' and "
+                            f"'packages' or 'stages', got {describe(raw)}")
+        check_keys(src, keypath, raw, SYSEXT_KEYS, required=("name",))
+        ext = string(src, keypath + ("name",), raw["name"], NAME_RE,
+                     "an extension name (letters, digits, '.', '_', '+', '-')")
+        if ext in names:
+            raise src.error(keypath + ("name",), f"system extension '{ext}' "
+                            "is listed twice")
+        names.add(ext)
+        if "packages" not in raw and "stages" not in raw:
+            raise src.error(keypath, f"system extension '{ext}' adds nothing",
+                            hint="give it 'packages', 'stages' or both")
+        ext_stages = []
+        parent = f"{name}/{base.name}"
+        if "packages" in raw:
+            spec = kinds.get("install").validate(
+                src, keypath + ("packages",), raw["packages"],
+                kinds.RecipeContext(arches, recipe_dir))
+            ext_stages.append(Stage(f"{SYSEXT_PREFIX}{ext}", "install", spec,
+                                    parent, {}, src.line(keypath)))
+            parent = f"{name}/{ext_stages[-1].name}"
+        if "stages" in raw:
+            ext_stages += _stages(src, data, name, arches, recipe_dir, parent,
+                                  root=keypath + ("stages",),
+                                  prefix=f"{SYSEXT_PREFIX}{ext}.")
+        found.append(Sysext(ext, ext_stages, src.line(keypath)))
+    return found
 
 
 def _base(src, value, arches):

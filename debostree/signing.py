@@ -39,6 +39,12 @@ class Signer:
     def sign_summary(self, repo_path):
         """After ``ostree summary --update``."""
 
+    def sign_file(self, path):
+        """A detached signature of the file ``path`` beside it (the
+        checksum list of published system extensions); returns its path,
+        or None."""
+        return None
+
     def pull_remote(self, repo_path, remote):
         """Options of ``ostree remote add`` for pulling the published
         repository here (``after_remote_added`` does what needs the
@@ -82,6 +88,14 @@ class GpgSigner(Signer):
 
     def summary_options(self):
         return [f"--gpg-sign={self.key_id}"] + self._homedir_option()
+
+    def sign_file(self, path):
+        # SHA256SUMS.gpg, as systemd-sysupdate reads it.
+        proc.run(["gpg", "--batch", "--yes", "--detach-sign", "--local-user",
+                  self.key_id, "--output", path + ".gpg"]
+                 + (["--homedir", self.homedir] if self.homedir else [])
+                 + [path], input=b"")
+        return path + ".gpg"
 
     def export_keyring(self, path):
         """The public key, as a keyring file ostree imports."""
@@ -131,6 +145,14 @@ class Ed25519Signer(Signer):
 
     def sign_summary(self, repo_path):
         ed25519.sign_summary(repo_path, self.key)
+
+    def sign_file(self, path):
+        import base64
+        with open(path, "rb") as f:
+            signature = ed25519.sign(self.key, f.read())
+        with open(path + ".ed25519", "w", encoding="ascii") as f:
+            f.write(base64.b64encode(signature).decode() + "\n")
+        return path + ".ed25519"
 
     def check_pulled(self, target, before):
         """Refuse pulled heads without a valid signature by the key (this

@@ -17,7 +17,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shlex
 import shutil
 import signal
 import stat
@@ -684,7 +683,11 @@ def run_in_fakeroot(config, opts, work, key, host_lib, base_manifest):
     if command is not None:
         run_command(config, opts, kind, work, command, key, host_lib)
     with timed("finish"):
-        kind.finish(opts, target, helper, env)
+        base_tree = None
+        if kind.wants_base_tree:
+            with open(work.base_commit) as f:
+                base_tree = ostree.root_checksums(config.repo, f.read().strip())
+        kind.finish(opts, target, helper, env, base_tree=base_tree)
 
 
 def run_command(config, opts, kind, work, command, key, host_lib):

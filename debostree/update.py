@@ -48,7 +48,7 @@ def stage_order(recipes):
         order.append((recipe, stage))
 
     for recipe in recipes:
-        for stage in recipe.stages:
+        for stage in recipe.stages + recipe.sysext_stages():
             visit(recipe, stage)
     return order
 
@@ -289,7 +289,8 @@ def check_consistency(recipe, arch, entries, path, inherited=()):
     Every stage of the recipe that installs packages must have its requested
     packages locked in it (or before it), and every locked stage must exist.
     """
-    stage_names = [s.name for s in recipe.stages]
+    all_stages = recipe.stages + recipe.sysext_stages()
+    stage_names = [s.name for s in all_stages]
     archive_names = {a.name for a in effective_archives(recipe, None)} \
         if recipe.archives or not recipe.parent else None
     for entry in entries:
@@ -315,7 +316,7 @@ def check_consistency(recipe, arch, entries, path, inherited=()):
             provided = item.strip().split(" ")[0]
             if provided:
                 locked.setdefault(provided, []).append(entry)
-    for index, stage in enumerate(recipe.stages):
+    for index, stage in enumerate(all_stages):
         requests = kinds.get(stage.kind).requests(stage.for_arch(arch).options)
         for request in requests:
             candidates = [e for e in locked.get(request.name, [])
@@ -325,5 +326,6 @@ def check_consistency(recipe, arch, entries, path, inherited=()):
                     f"stage '{stage.name}' requests '{request}', which is not "
                     f"in the lockfile {display_path(path)}",
                     path=recipe.path, line=stage.line,
-                    key=f"stages[{index}].{stage.kind}",
+                    key=f"stages[{index}].{stage.kind}"
+                    if index < len(recipe.stages) else "sysexts",
                     hint="run 'ninja update-lockfiles' and commit the result")

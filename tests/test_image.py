@@ -130,8 +130,8 @@ def seconds(machine_or_arch, kvm_seconds):
     return vmlib.timeout(kvm_seconds) if arch == "amd64" else kvm_seconds * 8
 
 
-def boot(disk, workdir, arch="amd64"):
-    machine = vmlib.VM(disk, workdir, arch=arch).start()
+def boot(disk, workdir, arch="amd64", drives=()):
+    machine = vmlib.VM(disk, workdir, arch=arch, drives=drives).start()
     # The login prompt, not systemd's "Reached target ... Multi-User
     # System": with show_status=auto systemd may stop printing status lines
     # once the serial getty runs (a CI run under TCG booted, started ssh,
@@ -275,12 +275,14 @@ def next_hostname(name):
     return f"{match.group(1)}{int(match.group(2) or 1) + 1}"
 
 
-def upgrade_and_rollback(project, tmp_path, arch):
-    """A copy of the image boots its branch's commit and gets local state;
-    a second version of the recipe (another hostname) is published; the
-    machine upgrades to it with the static delta, keeps its /etc and /var
-    changes, boots the previous deployment from GRUB's menu and drops the
-    newer one."""
+def upgrade_and_rollback(project, tmp_path, arch, sysext=None):
+    """A copy of the image boots its branch's commit and gets local state
+    (and, given ``sysext``, merges that system extension image of this
+    build and uses its tool); a second version of the recipe (another
+    hostname) is published; the machine upgrades to it with the static
+    delta, keeps its /etc and /var changes (and refuses the extension,
+    made for the other base), boots the previous deployment from GRUB's
+    menu and drops the newer one."""
     work, env, server = project
     hostname_file = work / "recipes" / "files" / "server" / "hostname"
     old_name = hostname_file.read_text().strip()
@@ -288,10 +290,20 @@ def upgrade_and_rollback(project, tmp_path, arch):
     disk = tmp_path / "disk.img"
     run(["cp", "--sparse=always", str(work / "build" / "images" /
                                       f"server.{arch}.img"), str(disk)], tmp_path)
-    machine = boot(disk, tmp_path, arch)
+    machine = boot(disk, tmp_path, arch, drives=[sysext] if sysext else [])
     try:
         login(machine, first=True)
         assert booted_commit(machine)[0] == first
+        if sysext:
+            code, out = sudo(machine, "mkdir -p /var/lib/extensions && "
+                             "cp /dev/vdb /var/lib/extensions/tools.raw && "
+                             "SYSTEMD_LOG_LEVEL=debug systemd-sysext merge "
+                             "2>&1 | grep -i -e tools -e merg -e level")
+            assert code == 0, out
+            code, out = machine.run("tree --version; systemd-sysext status "
+                                    "--no-pager", seconds(machine, 60))
+            assert code == 0 and out.startswith("tree v"), out
+            assert "tools" in out, out
         code, out = machine.run("uname -m; cat /proc/cmdline",
                                 seconds(machine, 60))
         assert code == 0 and out.split()[0] == UNAME[arch], out
@@ -337,6 +349,12 @@ def upgrade_and_rollback(project, tmp_path, arch):
                                 "/var/lib/debostree-test/data /etc/hostname",
                                 seconds(machine, 60))
         assert out.split() == ["local-change", "kept", new_name], out
+        if sysext:
+            # Made for the first build (its SYSEXT_LEVEL): refused here.
+            code, out = sudo(machine, "systemd-sysext refresh 2>&1; "
+                             "command -v tree || echo no-tree")
+            assert "1 ignored due to incompatible image" in out, out
+            assert "no-tree" in out, out
 
         # Roll back: the boot menu's second entry is the previous
         # deployment; booted there, drop the newer one so that the previous
@@ -359,7 +377,11 @@ def upgrade_and_rollback(project, tmp_path, arch):
 
 
 def test_upgrade_and_rollback(project, tmp_path):
-    upgrade_and_rollback(project, tmp_path, "amd64")
+    work, env, _ = project
+    result = run(["ninja", "server/amd64/sysext/tools"], work, env)
+    assert "SYSEXT server/amd64/tools" in result.stdout
+    sysext = work / "build" / "sysexts" / "server" / "amd64" / "tools.raw"
+    upgrade_and_rollback(project, tmp_path, "amd64", sysext=sysext)
 
 
 @pytest.mark.qemu

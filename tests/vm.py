@@ -41,8 +41,11 @@ def timeout(seconds):
 
 
 class VM:
-    def __init__(self, disk, workdir, memory="1536", log=None, arch="amd64"):
+    def __init__(self, disk, workdir, memory="1536", log=None, arch="amd64",
+                 drives=()):
         self.disk = str(disk)
+        # More disks, read-only, after the system's (/dev/vdb, ...).
+        self.drives = [str(d) for d in drives]
         self.arch = arch
         # KVM for the host's own architecture only (these hosts are x86-64).
         self.kvm = kvm_usable() and arch == "amd64"
@@ -81,6 +84,8 @@ class VM:
         argv = machines.qemu_argv(
             self.arch, self.disk, self.vars, kvm=self.kvm,
             memory=self.memory, name="debostree-test") + [
+                *(arg for drive in self.drives for arg in (
+                    "-drive", f"if=virtio,format=raw,readonly=on,file={drive}")),
                 "-monitor", "none",
                 # A guest reboot ends QEMU and reboot() starts a new one: a
                 # warm reset of the firmware now and then hangs before GRUB

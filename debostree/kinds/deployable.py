@@ -2,6 +2,7 @@
 script builds the initramfs (dracut) for the tree's kernel; then the tree
 is rearranged into what ``ostree admin deploy`` expects (deployable.py)."""
 
+import hashlib
 from dataclasses import dataclass
 
 from .. import deployable, native, proc
@@ -59,8 +60,17 @@ class Deployable(Kind):
             initramfs_kept_apart="dracut's copies of them are replaced by "
             "the tree's own")
 
-    def finish(self, opts, target, helper, env):
-        proc.run(helper + ["deployable", target], env=env)
+    # os-release's SYSEXT_LEVEL comes from the tree this stage starts
+    # from: every other tree (any change before this stage) refuses the
+    # system extensions built for this one (sysext.py), and the same tree
+    # gets the same level on any machine, with any version of this tool.
+    wants_base_tree = True
+
+    def finish(self, opts, target, helper, env, base_tree=None):
+        level = hashlib.sha256(base_tree.encode()).hexdigest()[:16] \
+            if base_tree else None
+        proc.run(helper + ["deployable", target] + ([level] if level else []),
+                 env=env)
 
 
 KIND = Deployable()
