@@ -40,7 +40,6 @@ not find ``/var/lib/dpkg`` or ``/etc`` where Debian's tools look.
 import errno
 import os
 import shutil
-import stat
 
 from . import files, treepath
 from .stagefiles import RUN_INSIDE
@@ -306,26 +305,27 @@ def rearrange(target, sysext_level=None):
 
 
 def set_sysext_level(target, level):
-    """``SYSEXT_LEVEL=`` in the tree's os-release (/usr/lib/os-release, or
-    /etc/os-release when that is a file of its own): a system extension
-    whose extension-release names another level is refused by
-    systemd-sysext."""
-    path = _at(target, "/usr/lib/os-release")
-    if not os.path.isfile(path) or os.path.islink(path):
-        path = _at(target, "/etc/os-release")
-        if not os.path.isfile(path) or os.path.islink(path):
-            raise UserError("deployable: the tree has no os-release",
-                            hint="install base-files in an earlier stage")
-    with open(path, encoding="utf-8") as f:
+    """``SYSEXT_LEVEL=`` in the tree's os-release: a system extension whose
+    extension-release names another level is refused by systemd-sysext.
+    Written to /etc/os-release, which takes precedence over
+    /usr/lib/os-release (os-release(5)), as a file of its own instead of
+    the usual link to it, so that base-files' /usr/lib/os-release stays as
+    dpkg installed it (``dpkg --verify``)."""
+    etc = _at(target, "/etc/os-release")
+    usr = _at(target, "/usr/lib/os-release")
+    source = etc if os.path.isfile(etc) and not os.path.islink(etc) else usr
+    if not os.path.isfile(source) or os.path.islink(source):
+        raise UserError("deployable: the tree has no os-release",
+                        hint="install base-files in an earlier stage")
+    with open(source, encoding="utf-8") as f:
         lines = [line for line in f.read().splitlines()
                  if not line.startswith("SYSEXT_LEVEL=")]
-    # A new file renamed over it: the old one may share its inode with
-    # the repository's object.
-    mode = os.stat(path).st_mode
-    with open(path + ".new", "w", encoding="utf-8") as f:
+    # A new file in place of the link (or of a file that may share its
+    # inode with the repository's object).
+    with open(etc + ".new", "w", encoding="utf-8") as f:
         f.write("\n".join(lines + [f"SYSEXT_LEVEL={level}"]) + "\n")
-    os.chmod(path + ".new", stat.S_IMODE(mode))
-    os.replace(path + ".new", path)
+    os.chmod(etc + ".new", 0o644)
+    os.replace(etc + ".new", etc)
 
 
 def _override_tmpfiles_for_links(target):

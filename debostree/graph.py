@@ -56,6 +56,7 @@ class GraphBuilder:
         self.by_name = {r.name: r for r in recipes}
         self.stage_outputs = {}  # (recipe, arch, stage) -> .commit path
         self.stage_keys = {}     # (recipe, arch, stage) -> input key
+        self.level_keys = {}     # (recipe, arch, stage) -> key without code
         self.stage_index = []    # every stage, for tools/stage-cache
         # The packages' edges (fetch, import, plan, fakeroot library): with
         # a stage cache, what a stage needs of them is a dynamic input
@@ -525,6 +526,12 @@ class GraphBuilder:
         parent_key = self.stage_keys[(parent_recipe, arch, parent_stage)] \
             if stage.parent else None
         self.stage_keys[key] = self.key_edge(stage_files, options, parent_key)
+        # The stage's inputs without the tool's code and versions: what
+        # os-release's SYSEXT_LEVEL is made of (kinds/deployable.py).
+        self.level_keys[key] = cachekey.digest_json({
+            "options": key_value(options),
+            "parent": self.level_keys[(parent_recipe, arch, parent_stage)]
+            if stage.parent else None})
         self.stage_index.append({
             "label": options.label, "arch": arch, "kind": stage.kind,
             "commit": stage_files.commit, "options": stage_files.options,
@@ -565,6 +572,7 @@ class GraphBuilder:
         # The stages' keys follow the base by its commit, which is its
         # content.
         self.stage_keys[key] = cachekey.digest_json({"base": pin.commit})
+        self.level_keys[key] = self.stage_keys[key]
         self.stage_outputs[key] = out
         return out
 

@@ -423,14 +423,6 @@ def commit_metadata(gi_repo, commit):
     return found, OSTree.commit_get_timestamp(variant)
 
 
-def root_checksums(repo_path, commit):
-    """"CONTENTS:META": the checksums of a commit's root directory, which
-    name its tree's content (not the commit's time or parent)."""
-    fields = proc.run(["ostree", "ls", f"--repo={repo_path}", "-d", "-C",
-                       commit, "/"], capture=True).stdout.split()
-    return f"{fields[-3]}:{fields[-2]}"
-
-
 def walk_tree(gi_repo, commit):
     """Every entry of a commit's tree from its directory objects alone, in
     depth-first order: ``(path, True, dirmeta checksum)`` for a directory

@@ -683,11 +683,7 @@ def run_in_fakeroot(config, opts, work, key, host_lib, base_manifest):
     if command is not None:
         run_command(config, opts, kind, work, command, key, host_lib)
     with timed("finish"):
-        base_tree = None
-        if kind.wants_base_tree:
-            with open(work.base_commit) as f:
-                base_tree = ostree.root_checksums(config.repo, f.read().strip())
-        kind.finish(opts, target, helper, env, base_tree=base_tree)
+        kind.finish(opts, target, helper, env)
 
 
 def run_command(config, opts, kind, work, command, key, host_lib):

@@ -90,7 +90,10 @@ def changes(gi_repo, base, extension):
 
 def os_release(repo_path, commit):
     """``{KEY: value}`` of a commit's os-release."""
-    for path in ("/usr/lib/os-release", "/etc/os-release"):
+    # A deployable tree's /etc is /usr/etc; its os-release (with the
+    # SYSEXT_LEVEL) takes precedence over /usr/lib's.
+    for path in ("/usr/etc/os-release", "/etc/os-release",
+                 "/usr/lib/os-release"):
         result = proc.run(["ostree", "cat", f"--repo={repo_path}", commit,
                            path], capture=True, check=False)
         if result.returncode == 0:

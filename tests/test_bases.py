@@ -364,10 +364,12 @@ stages:
 
 @pytest.mark.network
 @pytest.mark.slow
-def test_a_layer_on_a_published_debian_base(tmp_path, pool, key):
+def test_a_layer_on_a_published_debian_base(tmp_path, key):
     """A real one: a Debian 13 minbase with a user, published signed by
     one project; another pins it, installs a package on top with dpkg in
-    the base's tree, and ends with what the base had plus that package."""
+    the base's tree, and ends with what the base had plus that package.
+    A pool of its own: other modules count what the session's imports."""
+    pool = str(tmp_path / "pool")
     upstream = tmp_path / "upstream"
     (upstream / "recipes").mkdir(parents=True)
     (upstream / "recipes" / "base.yaml").write_text(REAL_BASE)

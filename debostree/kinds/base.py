@@ -225,13 +225,8 @@ class Kind:
         (native.py), or None: never for this kind."""
         return None
 
-    # Whether ``finish`` is given the parent tree's checksums.
-    wants_base_tree = False
-
-    def finish(self, opts, target, helper, env, base_tree=None):
-        """Under fakeroot, after the command; ``base_tree`` (when
-        ``wants_base_tree``) the parent tree's contents and metadata
-        checksums, "CONTENTS:META"."""
+    def finish(self, opts, target, helper, env):
+        """Under fakeroot, after the command."""
 
     def warnings(self, opts, target, base_manifest):
         """Lines about the resulting tree for the user's terminal."""

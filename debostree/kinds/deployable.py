@@ -2,7 +2,6 @@
 script builds the initramfs (dracut) for the tree's kernel; then the tree
 is rearranged into what ``ostree admin deploy`` expects (deployable.py)."""
 
-import hashlib
 from dataclasses import dataclass
 
 from .. import deployable, native, proc
@@ -19,6 +18,8 @@ class DeployableSpec:
 @dataclass(kw_only=True)
 class DeployableOptions(StageOptions):
     dracut_modules: list
+    # With system extensions: os-release's SYSEXT_LEVEL (sysext.py).
+    sysext_level: str = None
 
 
 class Deployable(Kind):
@@ -48,7 +49,18 @@ class Deployable(Kind):
         return DeployableSpec(tuple(modules))
 
     def options(self, graph, recipe, arch, stage, entries):
-        return {"dracut_modules": list(stage.options.dracut_modules)}, []
+        # SYSEXT_LEVEL, for a recipe with system extensions: the level key
+        # of the stage before this one (graph.py), which follows every
+        # input of the tree (the recipe's stages, their packages and files)
+        # but not where or by whom or with which version of this tool it
+        # is built: the same on any machine, and another for any other
+        # base, on which systemd-sysext then refuses this one's extensions.
+        level = None
+        if getattr(recipe, "sysexts", None):
+            parent_recipe, parent_stage = stage.parent.split("/")
+            level = graph.level_keys[(parent_recipe, arch, parent_stage)][:16]
+        return {"dracut_modules": list(stage.options.dracut_modules),
+                "sysext_level": level}, []
 
     def script(self, opts, work, target):
         deployable.write_dracut_helpers(work)
@@ -60,17 +72,9 @@ class Deployable(Kind):
             initramfs_kept_apart="dracut's copies of them are replaced by "
             "the tree's own")
 
-    # os-release's SYSEXT_LEVEL comes from the tree this stage starts
-    # from: every other tree (any change before this stage) refuses the
-    # system extensions built for this one (sysext.py), and the same tree
-    # gets the same level on any machine, with any version of this tool.
-    wants_base_tree = True
-
-    def finish(self, opts, target, helper, env, base_tree=None):
-        level = hashlib.sha256(base_tree.encode()).hexdigest()[:16] \
-            if base_tree else None
-        proc.run(helper + ["deployable", target] + ([level] if level else []),
-                 env=env)
+    def finish(self, opts, target, helper, env):
+        proc.run(helper + ["deployable", target]
+                 + ([opts.sysext_level] if opts.sysext_level else []), env=env)
 
 
 KIND = Deployable()
