@@ -12,8 +12,8 @@ import hashlib
 import json
 import os
 
-from . import (bases, cachekey, fetch, files, kinds, lockfile, ostree, publish,
-               sandboxlib, stagecache, sysext)
+from . import (bases, cachekey, fetch, files, kinds, lockfile, oci, ostree,
+               publish, sandboxlib, stagecache, sysext)
 from .kinds.base import PackageFile, key_value
 from .lockfile import STAND_INS_STAGE
 from .recipe import is_base_parent
@@ -182,6 +182,9 @@ class GraphBuilder:
             "check_image_tools", run("tools", "make-image") + " --check-tools $out",
             "CHECK host tools for disk images"))
         g.rules.append(Rule(
+            "oci", run("tools", "make-oci") + " --config $config --options "
+            "$options $flags", "OCI $name $flags"))
+        g.rules.append(Rule(
             "sysext", run("tools", "make-sysext") + " --config $config "
             "--options $options --out $out", "SYSEXT $name"))
         # One at a time: each sets up its remote in the build repository.
@@ -241,6 +244,7 @@ class GraphBuilder:
         publish_targets = []
         size_targets = []
         sysext_targets = {}
+        branch_by_arch = {}
         for arch in recipe.architectures:
             path, entries = self.locks[(recipe.name, arch)]
             if entries is None:
@@ -260,6 +264,7 @@ class GraphBuilder:
             g.builds.append(Build([phony], "phony", debs))
             all_fetch += debs
             branch_out = self.branch_edge(recipe, arch)
+            branch_by_arch[arch] = branch_out
             recipe_targets.append(branch_out)
             for ext in recipe.sysexts:
                 image = self.sysext_edge(recipe, arch, ext)
@@ -329,6 +334,7 @@ class GraphBuilder:
         if all(self.locks[(recipe.name, a)][1] is not None
                for a in recipe.architectures):
             self.spdx_edge(recipe)
+            self.oci_edges(recipe, branch_by_arch)
         if publish_targets:
             g.builds.append(Build([f"{recipe.name}/publish"], "phony",
                                   publish_targets))
@@ -605,6 +611,45 @@ class GraphBuilder:
             variables={"options": Raw(shell_args([self.p(options_path)])),
                        "name": f"{recipe.name}/{arch}/{ext.name}"}))
         return out
+
+    def oci_edges(self, recipe, branch_by_arch):
+        """``ninja NAME.oci``: an OCI image layout of the recipe's branch
+        commits (an image index when it has several architectures), and
+        ``NAME.oci-archive``, the same as one tarball; ``NAME/ARCH.oci``
+        for one architecture of several (oci.py)."""
+        layouts = [(None, recipe.architectures)]
+        if len(recipe.architectures) > 1:
+            layouts += [(arch, [arch]) for arch in recipe.architectures]
+        for only, archs in layouts:
+            layout = oci.layout_path(self.config.builddir, recipe.name, only)
+            archive = layout + ".tar" if only is None else None
+            options_path = layout + ".options.json"
+            self.write_options(options_path, {
+                "recipe": recipe.name, "layout": self.absolute(self.p(layout)),
+                "archive": archive and self.absolute(self.p(archive)),
+                "commits": [[arch, self.absolute(branch_by_arch[arch])]
+                            for arch in archs],
+                "lockfiles": [os.path.abspath(self.locks[(recipe.name, a)][0])
+                              for a in archs],
+                "source_date_epoch": self.source_date_epoch})
+            out = self.p(os.path.join(layout, "index.json"))
+            variables = {"options": Raw(shell_args([self.p(options_path)])),
+                         "name": recipe.name + (f"/{only}" if only else ""),
+                         "flags": Raw("")}
+            self.graph.builds.append(Build(
+                [out], "oci", [branch_by_arch[a] for a in archs],
+                implicit=[self.p(options_path)], variables=variables))
+            if only is None:
+                self.graph.builds.append(Build([f"{recipe.name}.oci"], "phony",
+                                               [out]))
+                self.graph.builds.append(Build(
+                    [self.p(archive)], "oci", [out],
+                    variables={**variables, "flags": Raw("--archive")}))
+                self.graph.builds.append(Build(
+                    [f"{recipe.name}.oci-archive"], "phony", [self.p(archive)]))
+            else:
+                self.graph.builds.append(Build([f"{recipe.name}/{only}.oci"],
+                                               "phony", [out]))
 
     def size_edge(self, recipe, arch, branch_out):
         """``ninja NAME/ARCH/size``: what the branch's tree and image weigh

@@ -396,6 +396,87 @@ def _commit_tree_of(GLib, OSTree, repo, source, subject, branch, parent,
                            error.message)
 
 
+def commit_entries(repo_path, entries, branch, subject, timestamp=0,
+                   metadata=None):
+    """A commit of a tree given path by path, as a container image's layers
+    give it: ``entries`` yields ``(path, manifest.Entry, content bytes)``,
+    a directory before what is in it; a later entry replaces an earlier one
+    (a directory keeps its contents), and ``(path, None, None)`` removes a
+    path.  The root is root's, 0755, unless an entry for ``/`` says
+    otherwise.  Returns the commit."""
+    Gio, GLib, OSTree = _gi()
+    import stat as stat_mod
+    from .manifest import Entry
+    repo = OSTree.Repo.new(Gio.File.new_for_path(repo_path))
+    repo.open(None)
+    repo.prepare_transaction(None)
+    try:
+        root = OSTree.MutableTree.new()
+        dirs = {"/": root}
+
+        def dirmeta(entry):
+            variant = OSTree.create_directory_metadata(
+                _file_info(Gio, entry), _xattr_variant(GLib, entry))
+            _, csum = repo.write_metadata(OSTree.ObjectType.DIR_META, None,
+                                          variant, None)
+            return _hex(OSTree, csum)
+
+        root.set_metadata_checksum(dirmeta(Entry("/", stat_mod.S_IFDIR | 0o755)))
+
+        def parent_of(path):
+            parent_path, _, name = path.rpartition("/")
+            parent = dirs.get(parent_path or "/")
+            if parent is None:
+                raise UserError(f"{path}: its directory is not there")
+            return parent, name
+
+        def forget(path):
+            for key in [k for k in dirs if k == path or k.startswith(path + "/")]:
+                del dirs[key]
+
+        for path, entry, data in entries:
+            if path == "/":
+                if entry is not None:
+                    root.set_metadata_checksum(dirmeta(entry))
+                continue
+            parent, name = parent_of(path)
+            try:
+                _, file_csum, sub = parent.lookup(name)
+            except GLib.Error:
+                file_csum = sub = None
+            if entry is None or (sub is not None and not
+                                 stat_mod.S_ISDIR(entry.mode)) or \
+                    (file_csum and stat_mod.S_ISDIR(entry.mode)):
+                if file_csum or sub is not None:
+                    parent.remove(name, True)
+                    forget(path)
+                sub = None
+                if entry is None:
+                    continue
+            if stat_mod.S_ISDIR(entry.mode):
+                if sub is None:
+                    _, sub = parent.ensure_dir(name)
+                dirs[path] = sub
+                sub.set_metadata_checksum(dirmeta(entry))
+                continue
+            data = data or b""
+            stream = Gio.MemoryInputStream.new_from_bytes(GLib.Bytes.new(data))
+            _, content, length = OSTree.raw_file_to_content_stream(
+                stream, _file_info(Gio, entry, len(data)),
+                _xattr_variant(GLib, entry), None)
+            _, csum = repo.write_content(None, content, length, None)
+            parent.replace_file(name, _hex(OSTree, csum))
+        _, root_file = repo.write_mtree(root, None)
+        checksum = _write_commit(GLib, repo, None, subject, metadata,
+                                 root_file, timestamp)
+        repo.transaction_set_ref(None, branch, checksum)
+        repo.commit_transaction(None)
+        return checksum
+    except GLib.Error as error:
+        repo.abort_transaction(None)
+        raise CommitFailed(f"ostree could not commit {branch}", error.message)
+
+
 def same_tree(gi_repo, a, b):
     """Whether commits ``a`` and ``b`` have the same tree (contents and
     root metadata: owners, modes and xattrs are part of every checksum)."""

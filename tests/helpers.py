@@ -157,7 +157,7 @@ def dpkg_health_of_tree(tree):
     for action in ("--audit", "--verify"):
         result = subprocess.run(argv + ["dpkg"] + admindir + [action],
                                 capture_output=True, text=True)
-        assert result.returncode in (0, 1), (ref, action, result.stderr)
+        assert result.returncode in (0, 1), (tree, action, result.stderr)
         outputs.append(result.stdout + result.stderr)
     verify = outputs[1].splitlines()
     if admindir:

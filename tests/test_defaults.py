@@ -4,9 +4,12 @@ stage's tree is one dpkg is content with (``dpkg --audit`` and ``dpkg
 --verify`` inside it).  The server recipe's stages are checked in
 test_server.py, which builds it."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -88,6 +91,11 @@ def test_another_user_elsewhere_builds_the_same_commits(built, pool, tmp_path):
         return [run(["ostree", f"--repo={work}/build/repo", "rev-parse", ref],
                     work).stdout.strip() for ref in refs]
     assert commits(other) == commits(built)
+    # And the same container image, byte for byte.
+    run(["ninja", "minimal.oci"], other, {**EPOCH, **env}, user)
+    run(["ninja", "minimal.oci"], built, EPOCH)
+    assert (other / "build/oci/minimal/index.json").read_bytes() == \
+        (built / "build/oci/minimal/index.json").read_bytes()
     remove_tree(other)
 
 
@@ -117,6 +125,94 @@ def test_default_recipes_are_trixie_with_bookworm_kept(built):
                       "exampleos/trixie/arm64/minimal", "/usr/lib/os-release"],
                      built).stdout
     assert 'VERSION_CODENAME=trixie' in os_release
+
+
+def subordinate_ids():
+    import pwd
+    name = pwd.getpwuid(os.getuid()).pw_name
+    try:
+        with open("/etc/subuid") as f:
+            return any(line.split(":")[0] in (name, str(os.getuid()))
+                       for line in f)
+    except OSError:
+        return False
+
+
+def podman_argv(storage, runroot, user, env):
+    """podman with its storage in ``storage`` and ``runroot`` (which podman
+    wants short): rootless (as ``user`` when the suite runs as root).
+    runc, when there is one, for hosts whose cgroups crun refuses (v1 and
+    v2 together); limits no higher than the host's, for hosts where raising
+    them is not allowed."""
+    argv = ["podman", "--root", f"{storage}/root", "--runroot", runroot,
+            "--storage-driver", "overlay"]
+    if user:
+        argv = ["runuser", "-u", user, "--", "env",
+                *[f"{k}={v}" for k, v in env.items()]] + argv
+    run_flags = ["--rm", "--network=none", "--ulimit", "nofile=1024:1024",
+                 "--ulimit", "nproc=1024:1024"]
+    if shutil.which("runc"):
+        run_flags += ["--runtime", "runc"]
+    return argv, run_flags
+
+
+def test_minimal_as_an_oci_image(built, tmp_path):
+    """``ninja minimal.oci``: one layout with both architectures, skopeo
+    reads and copies it, podman runs it (rootless) and sees the recipe's
+    file and user, its layers re-imported give the commit's tree, and the
+    same commit gives the same layout."""
+    result = run(["ninja", "minimal.oci", "minimal.oci-archive"], built, EPOCH)
+    assert "OCI minimal" in result.stdout
+    layout = built / "build" / "oci" / "minimal"
+    repo = f"{built}/build/repo"
+    rec = recipes.load_recipe(os.path.join(TOP, "recipes", "minimal.yaml"))
+    for arch in rec.architectures:
+        commit = run(["ostree", f"--repo={repo}", "rev-parse",
+                      rec.ref_for(arch)], built).stdout.strip()
+        inspected = json.loads(run(["skopeo", "inspect", "--override-arch",
+                                    arch, f"oci:{layout}"], built).stdout)
+        assert inspected["Architecture"] == arch
+        assert inspected["Labels"]["ostree.commit"] == commit
+        assert "containers.bootc" not in inspected["Labels"]
+        assert 20 < len(inspected["Layers"]) <= 64
+    index = (layout / "index.json").read_bytes()
+    remove_tree(layout)
+    run(["ninja", "minimal.oci"], built, EPOCH)
+    assert (layout / "index.json").read_bytes() == index
+
+    copy = tmp_path / "copy"
+    run(["skopeo", "copy", "--quiet", "--all",
+         f"oci-archive:{built}/build/oci/minimal.tar", f"oci:{copy}:minimal"],
+        built)
+    imported = run([os.path.join(TOP, "tools", "import-oci"), str(copy),
+                    "--repo", repo, "--branch", "test/reimported",
+                    "--arch", "amd64"], built).stdout.strip()
+
+    def content(rev):
+        return [line for line in run(["ostree", f"--repo={repo}", "show", rev],
+                                     built).stdout.splitlines()
+                if line.startswith("ContentChecksum:")]
+    assert content(imported) == content(rec.ref_for("amd64"))
+
+    if os.geteuid() != 0 and not subordinate_ids():
+        pytest.skip("rootless podman needs subordinate IDs for this user "
+                    "(/etc/subuid)")
+    storage = tmp_path / "podman"
+    user, env = other_user_dir(storage, readable=[str(copy)])
+    runroot = tempfile.mkdtemp(prefix="podman-")
+    other_user_dir(runroot)
+    podman, flags = podman_argv(storage, runroot, user, env)
+    result = run(podman + ["run", *flags, f"oci:{copy}:minimal", "sh", "-c",
+                           "cat /etc/motd; id demo; ip -V; dpkg --audit"],
+                 tmp_path)
+    motd = open(os.path.join(TOP, "recipes", "files", "motd")).read()
+    assert motd.strip() in result.stdout
+    assert "uid=1000(demo)" in result.stdout and "iproute2" in result.stdout
+    # Rootless storage holds files of the user's subordinate IDs: podman
+    # removes them.
+    run(podman + ["system", "reset", "--force"], tmp_path)
+    assert not os.path.exists(f"{storage}/root")
+    shutil.rmtree(runroot, ignore_errors=True)
 
 
 FORKY = """\

@@ -14,10 +14,13 @@ commands see) and in the commits (what devices get).
 
 import os
 import shutil
+import tarfile
 
 import pytest
 
+from conftest import TOP
 from debarchive import Archive, Server
+from debostree import oci
 from test_build import ARCHIVES, configure, ostree, run
 from treecompare import tree_from_commit
 
@@ -98,8 +101,24 @@ def local_archive(tmp_path_factory, key):
                     depends="libcap2-bin")
     archive.publish()
     server = Server(root)
-    yield server.url
+    archive.url = server.url
+    yield archive
     server.close()
+
+
+def image_layers(layout):
+    """``[(digest, [TarInfo])]`` of the layout's image."""
+    manifest, _ = oci.read_image(str(layout))
+    result = []
+    for layer in manifest["layers"]:
+        with tarfile.open(layout / "blobs" / "sha256" / layer["digest"][7:]) as tar:
+            result.append((layer["digest"], tar.getmembers()))
+    return result
+
+
+def content_checksum(project, rev):
+    return [line for line in ostree(project, "show", rev).splitlines()
+            if line.startswith("ContentChecksum:")]
 
 
 def test_scripts_keep_owners_modes_and_capabilities(tmp_path, pool, key,
@@ -108,7 +127,7 @@ def test_scripts_keep_owners_modes_and_capabilities(tmp_path, pool, key,
     (project / "recipes").mkdir(parents=True)
     (project / "recipes" / "owners.yaml").write_text(RECIPE)
     shutil.copyfile(key.keyring, project / "recipes" / "local.gpg")
-    configure(project, pool, extra=["--mirror", f"local={local_archive}"])
+    configure(project, pool, extra=["--mirror", f"local={local_archive.url}"])
     run(["ninja", "update-lockfiles"], project)
     result = run(["ninja", "owners"], project)
     assert "STAGE owners/check" in result.stdout
@@ -139,3 +158,39 @@ def test_scripts_keep_owners_modes_and_capabilities(tmp_path, pool, key,
     # dpkg's own record of the override is there too.
     overrides = ostree(project, "cat", "test/owners", "/var/lib/dpkg/statoverride")
     assert "root mail 4754 /usr/lib/owners-boot/launch-helper" in overrides
+
+    # The tree as an OCI image: the capability is in the layer's tar
+    # header, and the layers give the same tree back.
+    run(["ninja", "owners.oci"], project)
+    layout = project / "build" / "oci" / "owners"
+    layers = image_layers(layout)
+    ping = [m for _, members in layers for m in members
+            if m.name == "usr/bin/owners-inst-ping"]
+    assert len(ping) == 1
+    assert "SCHILY.xattr.security.capability" in ping[0].pax_headers
+    imported = run([os.path.join(TOP, "tools", "import-oci"), str(layout),
+                    "--repo", repo, "--branch", "test/imported"],
+                   project).stdout.strip()
+    assert content_checksum(project, imported) == \
+        content_checksum(project, "test/owners")
+
+    # A lockfile update changing one package: the new image shares all
+    # its layers but that package's and the stages' one.
+    local_archive.add("stable", "owners-inst", "1.1", "all",
+                      files={**package_files("owners-inst"),
+                             "usr/share/doc/owners-inst/NEWS": "1.1\n"},
+                      scripts={"postinst": POSTINST.format(name="owners-inst")},
+                      depends="libcap2-bin")
+    local_archive.publish()
+    run(["ninja", "update-lockfiles"], project)
+    lock = (project / "lockfiles" / "owners.amd64.lock").read_text()
+    assert "Version: 1.1" in lock
+    run(["ninja", "owners.oci"], project)
+    new_layers = image_layers(layout)
+    old_digests = {digest for digest, _ in layers}
+    changed = [digest for digest, _ in new_layers if digest not in old_digests]
+    print(f"{len(new_layers)} layers, {len(changed)} changed by the update")
+    assert len(new_layers) == len(layers) and len(changed) == 2
+    assert any(m.name == "var/lib/dpkg/info/owners-inst.list"
+               for digest, members in new_layers if digest in changed
+               for m in members)
