@@ -232,6 +232,15 @@ def change_counts(top, lockfile_paths, revisions=HISTORY_REVISIONS):
     return counts
 
 
+def shallow_checkout(top):
+    """Whether ``top`` is a shallow git clone: the history change_counts
+    reads is cut short there."""
+    result = proc.run(["git", "-c", f"safe.directory={top}", "-C", top,
+                       "rev-parse", "--is-shallow-repository"],
+                      capture=True, check=False)
+    return result.returncode == 0 and result.stdout.strip() == "true"
+
+
 # -- the layer plan ----------------------------------------------------------
 
 @dataclass
@@ -385,7 +394,6 @@ def _tarinfo(name, uid, gid, mode, xattrs):
 def write_layers(gi_repo, tree, layers, assignment, deployable, blobs):
     """Write the layers' blobs into ``blobs`` (``blobs/sha256/HEX``); returns
     ``[(digest, size, diff_id, title)]`` of the layers that have entries."""
-    from gi.repository import OSTree
     stages = len(layers) - 1
     directories = dir_layers(tree, assignment, stages)
     if deployable and "/etc" in tree.entries:
@@ -402,12 +410,8 @@ def write_layers(gi_repo, tree, layers, assignment, deployable, blobs):
                 wanted = directories.get(path)
                 if not wanted:
                     continue
-                _, meta = gi_repo.load_variant(OSTree.ObjectType.DIR_META,
-                                               checksum)
-                uid, gid, mode = (int.from_bytes(
-                    meta.get_child_value(i).get_uint32().to_bytes(4, "little"),
-                    "big") for i in range(3))
-                info = _tarinfo(name, uid, gid, mode, meta.get_child_value(3))
+                uid, gid, mode, xattrs = ostree.dirmeta(gi_repo, checksum)
+                info = _tarinfo(name, uid, gid, mode, xattrs)
                 info.type = tarfile.DIRTYPE
                 for layer in sorted(wanted):
                     writers[layer].tar.addfile(info)
@@ -700,6 +704,11 @@ def build(config, opts, say=print):
     the graph) names them."""
     gi_repo = ostree.Repo(config.repo).open_gi()
     changes = change_counts(config.top, opts["lockfiles"])
+    if shallow_checkout(config.top):
+        # The same files either way, but other layers than a full clone's.
+        say(f"{config.top} is a shallow clone: its layers follow the "
+            "lockfile history it has, not a full clone's (git fetch "
+            "--unshallow for those)")
     epoch = opts.get("source_date_epoch")
     images = [(arch, lambda blobs, arch=arch, commit=commit:
                image_manifest(gi_repo, commit, arch, opts["recipe"], blobs,

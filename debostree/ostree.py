@@ -529,20 +529,27 @@ def walk_tree(gi_repo, commit):
                           _variant_hex(entry.get_child_value(2))))
 
 
+def dirmeta(gi_repo, checksum):
+    """``(uid, gid, mode, xattrs variant)`` of a directory metadata object
+    (stored big-endian, whatever the host)."""
+    from gi.repository import OSTree
+    _, meta = gi_repo.load_variant(OSTree.ObjectType.DIR_META, checksum)
+    uid, gid, mode = (int.from_bytes(meta.get_child_value(i).get_uint32()
+                                     .to_bytes(4, "little"), "big")
+                      for i in range(3))
+    return uid, gid, mode, meta.get_child_value(3)
+
+
 def tree_outline(gi_repo, commit):
     """``{path: (is_dir, uid, gid, mode)}`` of a commit's tree from its
     directory objects alone (a file's owner and mode would need a read of
     each file: ``None`` there)."""
-    from gi.repository import OSTree
     outline = {}
     for path, is_dir, checksum in walk_tree(gi_repo, commit):
         if not is_dir:
             outline[path] = (False, None, None, None)
             continue
-        _, meta = gi_repo.load_variant(OSTree.ObjectType.DIR_META, checksum)
-        uid, gid, mode = (int.from_bytes(meta.get_child_value(i).get_uint32()
-                                         .to_bytes(4, "little"), "big")
-                          for i in range(3))
+        uid, gid, mode, _ = dirmeta(gi_repo, checksum)
         outline[path] = (True, uid, gid, mode)
     return outline
 

@@ -297,6 +297,15 @@ def test_change_counts_come_from_the_lockfiles_git_history(tmp_path):
         git("commit", "-q", "-m", "lock")
     assert oci.change_counts(str(top), [str(lock)]) == {"often": 2, "rarely": 1}
     assert oci.change_counts(str(tmp_path), [str(lock)]) == {}
+    # A shallow clone has one revision: no changes, and it is told apart.
+    shallow = tmp_path / "shallow"
+    subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{top}",
+                    str(shallow)], check=True, capture_output=True)
+    assert oci.shallow_checkout(str(shallow))
+    assert not oci.shallow_checkout(str(top))
+    assert not oci.shallow_checkout(str(tmp_path))
+    assert oci.change_counts(str(shallow), [str(shallow / "lockfiles" /
+                                                "r.amd64.lock")]) == {}
 
 
 def test_a_layout_with_several_images_needs_an_architecture(repo, tmp_path):
