@@ -7,9 +7,10 @@ The disk (sizes from the recipe's ``image`` key):
     ESP     FAT (mkfs.vfat, mtools): the removable-media GRUB binary
             (EFI/BOOT/BOOTX64.EFI or BOOTAA64.EFI), made with grub-mkimage
             from the tree's own GRUB modules, whose built-in configuration
-            finds the boot partition by label and reads grub/grub.cfg there
+            finds the boot partition by label and sets GRUB's prefix there
     boot    ext4, label "boot": the sysroot's /boot, where ostree keeps the
-            kernels, initramfs and boot entries of each deployment; it is a
+            kernels, initramfs and boot entries of each deployment, with
+            grub/grub.cfg and GRUB's modules (grub/PLATFORM); it is a
             partition of its own because ostree 2022.7 writes entry paths
             relative to /boot
     root    ext4, label "root": the sysroot (/ostree/repo with the commit,
@@ -200,6 +201,7 @@ def inner(config_path, options_path, commit, work):
                         hint=f"install grub-efi-{opts['arch']}-bin and "
                         "grub2-common in a stage before 'deployable'")
     _write_grub_cfg(sysroot, opts)
+    _install_grub_modules(deployment, grub_dir, os.path.join(sysroot, "boot"), opts)
     run(["ostree", "config", f"--repo={repo}", "set", "sysroot.bootloader", "grub2"])
     # The boot partition's content moves out of the root filesystem.
     boot_src = os.path.join(sysroot, "boot")
@@ -231,7 +233,11 @@ def _write_grub_cfg(sysroot, opts):
            "GRUB2_PREPARE_ROOT_CACHE": "search --no-floppy --label boot --set=root"}
     entries = proc.run(["ostree", "admin", "instutil", "grub2-generate",
                         f"--sysroot={sysroot}"], capture=True, env=env).stdout
-    header = ["set timeout=3", "set default=0"]
+    # load_video: the entries ostree writes call it, and it is defined by
+    # the header grub-mkconfig writes on the device (00_header), not by
+    # grub2-generate.
+    header = ["set timeout=3", "set default=0",
+              "function load_video {", "  insmod all_video", "}"]
     # A PC's serial port (com0).  On arm64 GRUB has no such port ("serial
     # port `com0' isn't found"): its menu is on the firmware's console,
     # which the virt machine and SPCR-describing servers put on the serial
@@ -248,13 +254,34 @@ def _write_grub_cfg(sysroot, opts):
     os.symlink("../loader/grub.cfg", os.path.join(boot, "grub", "grub.cfg"))
 
 
+def _install_grub_modules(deployment, grub_dir, boot, opts):
+    """GRUB's modules and command lists in grub/PLATFORM on the boot
+    partition, and its font in grub/fonts, as grub-install puts them: the
+    grub.cfg that grub-mkconfig writes on the device loads modules the
+    binary does not have (insmod gfxterm, ...), and normal mode reads
+    command.lst there to find commands such as fwsetup."""
+    platform = EFI[opts["arch"]][0]
+    target = os.path.join(boot, "grub", platform)
+    os.makedirs(target, exist_ok=True)
+    for name in sorted(os.listdir(grub_dir)):
+        if name.endswith((".mod", ".lst")):
+            shutil.copyfile(os.path.join(grub_dir, name), os.path.join(target, name))
+    font = os.path.join(deployment, "usr", "share", "grub", "unicode.pf2")
+    if os.path.isfile(font):
+        os.makedirs(os.path.join(boot, "grub", "fonts"), exist_ok=True)
+        shutil.copyfile(font, os.path.join(boot, "grub", "fonts", "unicode.pf2"))
+
+
 def _make_esp(work, grub_dir, opts):
     efi_format, efi_name = EFI[opts["arch"]]
     early = os.path.join(work, "grub-early.cfg")
+    # Only where GRUB's files are: when this configuration ends, the
+    # binary's normal module starts normal mode, which reads the command
+    # lists under $prefix and then $prefix/grub.cfg (what 'configfile'
+    # here would skip: 'fwsetup' in the device's menu needs them).
     with open(early, "w") as f:
         f.write("search --no-floppy --label boot --set=root\n"
-                "set prefix=($root)/grub\n"
-                "configfile ($root)/grub/grub.cfg\n")
+                "set prefix=($root)/grub\n")
     binary = os.path.join(work, efi_name)
     proc.run(["grub-mkimage", "--directory", grub_dir, "--format", efi_format,
               "--output", binary, "--config", early, "--prefix", "/grub"]

@@ -121,6 +121,12 @@ def check_layout(disk, tmp_path, commit, efi_binary):
     boot = extract(disk, parts["boot"], tmp_path / "boot.img")
     grub_cfg = run(["debugfs", "-R", "cat /loader/grub.cfg", str(boot)], "/").stdout
     assert "ostree=/ostree/boot." in grub_cfg and "console=tty0" in grub_cfg
+    # GRUB's modules beside grub.cfg, as grub-install leaves them: the
+    # device's grub-mkconfig menu loads some, and fwsetup is in command.lst.
+    platform = "x86_64-efi" if efi_binary == "BOOTX64.EFI" else "arm64-efi"
+    modules = run(["debugfs", "-R", f"ls -p /grub/{platform}", str(boot)], "/").stdout
+    for name in ("command.lst", "efifwsetup.mod", "gfxterm.mod", "normal.mod"):
+        assert f"/{name}/" in modules, modules
 
 
 def seconds(machine_or_arch, kvm_seconds):
@@ -137,7 +143,19 @@ def boot(disk, workdir, arch="amd64", drives=()):
     # once the serial getty runs (a CI run under TCG booted, started ssh,
     # showed the prompt and never printed that line).
     machine.expect(r"login: ", seconds(arch, 180))
+    assert_no_grub_errors(machine)
     return machine
+
+
+def assert_no_grub_errors(machine):
+    """GRUB's messages before the kernel's (this QEMU run's output) have no
+    "error: ..." line: a missing module or command shows there even when
+    the machine boots."""
+    output = machine.tail(chars=10 ** 7)
+    kernel = re.search(r"EFI stub|Linux version|\[\s+0\.0+\]", output)
+    grub = output[:kernel.start()] if kernel else output
+    errors = re.findall(r"error: [^\r\n]*", grub)
+    assert not errors, f"GRUB reported {errors}; console:\n{grub[-3000:]}"
 
 
 def login(machine, first=False):
@@ -341,6 +359,8 @@ def upgrade_and_rollback(project, tmp_path, arch, sysext=None):
         assert served, server.requests[-20:]  # the static delta was used
         reboot(machine)
         machine.expect(rf"{new_name} login: ", seconds(machine, 180))
+        # This boot's menu was written by the device's grub-mkconfig.
+        assert_no_grub_errors(machine)
         login(machine)
         booted, status = booted_commit(machine)
         assert booted == second, status
