@@ -189,6 +189,15 @@ def _file_info(Gio, entry, size=0):
     return info
 
 
+def _write_dirmeta(Gio, GLib, OSTree, repo, entry):
+    """The checksum of the directory metadata object (owner, mode, xattrs)
+    of ``entry``, a manifest.Entry, written into ``repo``'s transaction."""
+    variant = OSTree.create_directory_metadata(_file_info(Gio, entry),
+                                               _xattr_variant(GLib, entry))
+    _, csum = repo.write_metadata(OSTree.ObjectType.DIR_META, None, variant, None)
+    return _hex(OSTree, csum)
+
+
 def commit_changes(repo_path, base_commit, target, upper, base_manifest,
                    result_manifest, branch, subject, parent=None,
                    timestamp=None, metadata=None):
@@ -247,11 +256,8 @@ def _commit_changes(Gio, GLib, OSTree, repo, base_commit, target, upper,
                 del dirs[key]
 
         def set_dirmeta(path, entry):
-            variant = OSTree.create_directory_metadata(_file_info(Gio, entry),
-                                                       _xattr_variant(GLib, entry))
-            _, csum = repo.write_metadata(OSTree.ObjectType.DIR_META, None,
-                                          variant, None)
-            mdir(path).set_metadata_checksum(_hex(OSTree, csum))
+            mdir(path).set_metadata_checksum(
+                _write_dirmeta(Gio, GLib, OSTree, repo, entry))
 
         def write_file(path, entry):
             real = target + path
@@ -415,11 +421,7 @@ def commit_entries(repo_path, entries, branch, subject, timestamp=0,
         dirs = {"/": root}
 
         def dirmeta(entry):
-            variant = OSTree.create_directory_metadata(
-                _file_info(Gio, entry), _xattr_variant(GLib, entry))
-            _, csum = repo.write_metadata(OSTree.ObjectType.DIR_META, None,
-                                          variant, None)
-            return _hex(OSTree, csum)
+            return _write_dirmeta(Gio, GLib, OSTree, repo, entry)
 
         root.set_metadata_checksum(dirmeta(Entry("/", stat_mod.S_IFDIR | 0o755)))
 
